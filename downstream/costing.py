@@ -1,11 +1,14 @@
 """COSTING: monthly cost before and after each change, and the totals.
 
-Money is computed with ``Decimal`` from the catalog's decimal strings and rounded
-half-up to cents only when reported. Per action: ``create`` costs nothing before,
-``delete`` nothing after, ``no-op`` the same on both sides, ``update``/``replace``
-price their before and after attributes, ``forget`` keeps its cost (the object keeps
-running, Terraform just stops managing it). An unpriced resource counts 0 on both
-sides, is marked ``priced: false`` and is counted in ``unpriced_count``.
+Money is computed with ``Decimal`` from the catalog's decimal strings; each
+resource's monthly cost is rounded half-up to cents and the totals are the sums of
+those rounded amounts, so the rows add up to the totals as on an invoice.
+
+Per action: ``create`` costs nothing before, ``delete`` nothing after, ``no-op``
+the same on both sides, ``update``/``replace`` price their before and after
+attributes, ``forget`` keeps its cost (the object keeps running, Terraform just
+stops managing it). An unpriced resource counts 0 on both sides, is marked
+``priced: false`` and is counted in ``unpriced_count``.
 """
 
 from __future__ import annotations
@@ -22,13 +25,13 @@ CENT = Decimal("0.01")
 def cost_resources(resources: list[Any]) -> dict[str, Any]:
     """The COSTING output (without ``faults``) for ENRICHING's ``resources``."""
     rows = [_cost_row(resource, i) for i, resource in enumerate(resources)]
-    before = sum((row["_before"] for row in rows), Decimal(0))
-    after = sum((row["_after"] for row in rows), Decimal(0))
+    before = sum((_cents(row["_before"]) for row in rows), Decimal(0))
+    after = sum((_cents(row["_after"]) for row in rows), Decimal(0))
     result: dict[str, Any] = {
         "currency": "USD",
         "monthly_cost_before": money(before),
         "monthly_cost_after": money(after),
-        "monthly_cost_delta": money(_cents(after) - _cents(before)),
+        "monthly_cost_delta": money(after - before),
         "resources": [{k: v for k, v in row.items() if not k.startswith("_")} for row in rows],
         "unpriced_count": sum(1 for row in rows if not row["priced"]),
     }

@@ -199,17 +199,23 @@ def _aws_ebs_volume(side: Side) -> list[Line]:
     if volume_type is None:
         volume_type = "gp2"
         side.notes.append("type not set; priced as gp2, the EBS default")
-    return _ebs_lines(side, volume_type, size, side.known("iops"), "EBS storage",
-                      side.known("throughput"))
+    return _ebs_lines(side, volume_type, size, side.values.get("iops"), "EBS storage",
+                      side.values.get("throughput"))
 
 
 def _ebs_lines(
     side: Side, volume_type: str, size: Any, iops: Any, label: str, throughput: Any = None
 ) -> list[Line]:
-    """Storage (and io1 IOPS) lines of one EBS volume."""
+    """Storage (and io1 IOPS) lines of one EBS volume.
+
+    gp3 IOPS and throughput unknown at plan time are AWS's baseline (3,000 and 125 MB/s),
+    which the storage price includes; set above it, they have no catalog number.
+    """
     storage = side.price(f"ebs:{volume_type}:storage", f"EBS {volume_type} storage")
     lines = [Line(f"{label} storage ({volume_type})", storage, _quantity(size, "volume size"))]
     if volume_type in ("io1", "io2"):
+        if iops == UNKNOWN:
+            raise Unpriced(f"iops of the {volume_type} volume is known only after apply")
         iops_price = side.price(f"ebs:{volume_type}:iops", f"EBS {volume_type} provisioned IOPS")
         lines.append(Line(f"{label} provisioned IOPS ({volume_type})", iops_price,
                           _quantity(iops, "iops")))
