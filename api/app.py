@@ -1,0 +1,166 @@
+"""``create_app(settings)``: the internal API as a Flask app (served by gunicorn)."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from flask import Flask, Response, g, jsonify, request
+from sqlalchemy import Engine
+
+from api import requests as parse
+from api.errors import error_response, register_error_handlers
+from api.metrics import Metrics
+from api.openapi import openapi_document
+from api.serialize import job_detail, job_state
+from db.engine import make_engine
+from db.uow import PostgresUnitOfWork
+from orchestrator.errors import JobNotFound
+from orchestrator.logs import job_context
+from orchestrator.ports import Enqueuer
+from orchestrator.service import fail_job, start_job
+from orchestrator.settings import Settings
+
+MAX_BODY = 64 * 1024
+
+
+def create_app(settings: Settings, *, enqueuer: Enqueuer | None = None,
+               engine: Engine | None = None) -> Flask:
+    """The API over the PostgreSQL and Redis of ``settings``. ``enqueuer`` defaults to the
+    Celery chain; refuses to build with no token unless auth is explicitly disabled."""
+    settings.require_services()
+    settings.require_api_tokens()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    engine = engine or make_engine(settings.database_url or "")
+    uow = PostgresUnitOfWork(engine)
+    redis_client = redis.Redis.from_url(settings.redis_url or "", socket_timeout=3,
+                                        socket_connect_timeout=3)
+    if enqueuer is None:
+        from tasks.chain import make_enqueuer
+
+        enqueuer = make_enqueuer(settings)
+    metrics = Metrics(uow)
+    register_error_handlers(app)
+    _register_auth(app, settings)
+    _register_observability(app, metrics)
+    _register_jobs(app, uow, enqueuer)
+    _register_health(app, uow, redis_client, metrics)
+    return app
+
+
+def _register_auth(app: Flask, settings: Settings) -> None:
+    tokens = [t.encode() for t in settings.api_tokens]
+
+    @app.before_request
+    def authenticate() -> Any:
+        if not request.path.startswith("/internal") or settings.auth_disabled:
+            return None
+        header = request.headers.get("Authorization", "")
+        scheme, _, given = header.partition(" ")
+        # Compare against every token, in constant time, without stopping at a match.
+        matches = [hmac.compare_digest(given.strip().encode(), t) for t in tokens]
+        if scheme.lower() != "bearer" or not any(matches):
+            response, status = error_response(401, "unauthorized",
+                                              "a valid 'Authorization: Bearer <token>' is "
+                                              "required")
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response, status
+        return None
+
+
+def _register_observability(app: Flask, metrics: Metrics) -> None:
+    @app.before_request
+    def begin() -> None:
+        g.started = time.monotonic()
+        g.correlation_id = parse.correlation_id(request)
+
+    @app.after_request
+    def finish(response: Response) -> Response:
+        response.headers["X-Correlation-ID"] = g.get("correlation_id", "")
+        metrics.observe(request.method, request.url_rule.rule if request.url_rule else "other",
+                        response.status_code, time.monotonic() - g.get("started", 0.0))
+        return response
+
+
+def _register_jobs(app: Flask, uow: PostgresUnitOfWork, enqueue: Enqueuer) -> None:
+    def read(job_id: str, view: Callable[[Any], Any]) -> Any:
+        with uow() as jobs:
+            found = jobs.detail(parse.job_id(job_id))
+        if found is None:
+            raise JobNotFound(job_id)
+        return view(found)
+
+    @app.post("/internal/jobs/<job_id>/start")
+    def start(job_id: str) -> Any:
+        ident = parse.job_id(job_id)
+        job_input = parse.start_input(request)
+        with job_context(ident, g.correlation_id):
+            result = start_job(uow, enqueue, ident, job_input, g.correlation_id)
+        return jsonify(job_state(result.job)), 202 if result.started else 200
+
+    @app.post("/internal/jobs/<job_id>/fail")
+    def fail(job_id: str) -> Any:
+        ident = parse.job_id(job_id)
+        message = parse.fail_message(request)
+        with job_context(ident, g.correlation_id):
+            return jsonify(job_state(fail_job(uow, ident, message)))
+
+    @app.get("/internal/jobs/<job_id>/state")
+    def state(job_id: str) -> Any:
+        return jsonify(read(job_id, lambda d: job_state(d.job)))
+
+    @app.get("/internal/jobs/<job_id>")
+    def detail(job_id: str) -> Any:
+        return jsonify(read(job_id, job_detail))
+
+    @app.get("/internal/jobs")
+    def list_jobs() -> Any:
+        state = parse.state_filter(request.args.get("state"))
+        limit = parse.limit(request.args.get("limit"))
+        after = parse.decode_cursor(request.args.get("cursor"))
+        with uow() as jobs:
+            page = jobs.list_jobs(state, limit + 1, after)
+        more = len(page) > limit
+        page = page[:limit]
+        cursor = parse.encode_cursor(page[-1].created_at, page[-1].job_id) if more else None
+        return jsonify({"jobs": [job_state(j) for j in page], "next_cursor": cursor})
+
+    @app.get("/internal/openapi.json")
+    def openapi() -> Any:
+        return jsonify(openapi_document())
+
+
+def _register_health(app: Flask, uow: PostgresUnitOfWork, redis_client: redis.Redis,
+                     metrics: Metrics) -> None:
+    @app.get("/healthz")
+    def healthz() -> Any:
+        return jsonify({"status": "ok"})
+
+    @app.get("/readyz")
+    def readyz() -> Any:
+        checks = {"postgresql": _check(lambda: _ping_db(uow)),
+                  "redis": _check(redis_client.ping)}
+        ready = all(v == "ok" for v in checks.values())
+        body = {"status": "ready" if ready else "not_ready", "checks": checks}
+        return jsonify(body), 200 if ready else 503
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        return metrics.response()
+
+
+def _ping_db(uow: PostgresUnitOfWork) -> None:
+    with uow() as jobs:
+        jobs.ping()
+
+
+def _check(probe: Callable[[], Any]) -> str:
+    try:
+        probe()
+    except Exception as exc:
+        return f"error: {type(exc).__name__}"
+    return "ok"

@@ -1,0 +1,66 @@
+"""Every error the API returns: ``{"error": {"code", "message"}}`` with the right status,
+never HTML, never a stack trace."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+from orchestrator.errors import (
+    ConfigError,
+    InvalidTransition,
+    JobNotFound,
+    JobTerminal,
+    OrchestratorError,
+)
+from orchestrator.logs import log_event
+
+log = logging.getLogger(__name__)
+
+#: Domain error → (status, code).
+DOMAIN_STATUSES: dict[type[OrchestratorError], tuple[int, str]] = {
+    JobNotFound: (404, "job_not_found"),
+    JobTerminal: (409, "job_terminal"),
+    InvalidTransition: (409, "invalid_transition"),
+    ConfigError: (500, "configuration_error"),
+}
+
+
+class BadRequest(OrchestratorError):
+    """The request itself is wrong; the message says how."""
+
+    def __init__(self, message: str, code: str = "bad_request"):
+        super().__init__(message)
+        self.code = code
+
+
+def error_response(status: int, code: str, message: str) -> tuple[Response, int]:
+    return jsonify({"error": {"code": code, "message": message}}), status
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(BadRequest)
+    def bad_request(exc: BadRequest) -> tuple[Response, int]:
+        return error_response(400, exc.code, exc.message)
+
+    @app.errorhandler(OrchestratorError)
+    def domain_error(exc: OrchestratorError) -> tuple[Response, int]:
+        for kind, (status, code) in DOMAIN_STATUSES.items():
+            if isinstance(exc, kind):
+                return error_response(status, code, exc.message)
+        return unexpected(exc)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> tuple[Response, int]:
+        status = exc.code or 500
+        code = (exc.name or "error").lower().replace(" ", "_")
+        messages = {413: "request body is larger than 64 KiB",
+                    404: "no such route", 405: "method not allowed on this route"}
+        return error_response(status, code, messages.get(status, exc.description or code))
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> tuple[Response, int]:
+        log_event(log, "api.error", logging.ERROR, error=repr(exc), exc_info=exc)
+        return error_response(500, "internal_error", "internal error; see the API's logs")

@@ -1,0 +1,164 @@
+"""The OpenAPI 3 document of the API. ``tests/integration/test_openapi.py`` keeps it true:
+every route is documented and every documented route exists, with the same methods, and
+real responses validate against the schemas below."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestrator.states import State
+
+_STATES = [s.value for s in State]
+_TS = {"type": ["string", "null"], "format": "date-time"}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    text = {400: "Malformed job id, body or query", 401: "Missing or wrong bearer token",
+            404: "Unknown job", 409: "The job is already terminal",
+            413: "Body over 64 KiB", 503: "A dependency is down"}
+    return {str(s): _json(_ref("Error"), text[s]) for s in statuses}
+
+
+_JOB_ID = {"name": "job_id", "in": "path", "required": True,
+           "schema": {"type": "string", "format": "uuid"}}
+_CORRELATION = {"name": "X-Correlation-ID", "in": "header", "required": False,
+                "schema": {"type": "string", "maxLength": 128},
+                "description": "Kept (or made) and carried into every log line, task and "
+                               "downstream call of the job."}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object", "required": ["error"], "additionalProperties": False,
+        "properties": {"error": {
+            "type": "object", "required": ["code", "message"], "additionalProperties": False,
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
+    "JobState": {
+        "type": "object", "additionalProperties": False,
+        "required": ["job_id", "current_state", "previous_state", "retry_count",
+                     "error_message", "created_at", "updated_at", "started_at",
+                     "completed_at", "plan_reference", "result_reference"],
+        "properties": {
+            "job_id": {"type": "string", "format": "uuid"},
+            "current_state": {"type": "string", "enum": _STATES},
+            "previous_state": {"type": ["string", "null"], "enum": [*_STATES, None]},
+            "retry_count": {"type": "integer", "minimum": 0},
+            "error_message": {"type": ["string", "null"]},
+            "created_at": {"type": "string", "format": "date-time"},
+            "updated_at": {"type": "string", "format": "date-time"},
+            "started_at": _TS, "completed_at": _TS,
+            "plan_reference": {"type": ["string", "null"]},
+            "result_reference": {"type": ["string", "null"]}}},
+    "Transition": {
+        "type": "object", "additionalProperties": False,
+        "required": ["from_state", "to_state", "at", "reason"],
+        "properties": {"from_state": {"type": "string", "enum": _STATES},
+                       "to_state": {"type": "string", "enum": _STATES},
+                       "at": {"type": "string", "format": "date-time"},
+                       "reason": {"type": ["string", "null"]}}},
+    "StageAttempt": {
+        "type": "object", "additionalProperties": False,
+        "required": ["stage_name", "attempt_number", "status", "started_at", "completed_at",
+                     "duration_ms", "error_message"],
+        "properties": {
+            "stage_name": {"type": "string",
+                           "enum": ["PLANNING", "PARSING", "ENRICHING", "COSTING"]},
+            "attempt_number": {"type": "integer", "minimum": 1},
+            "status": {"type": "string", "enum": ["RUNNING", "SUCCESS", "FAILED"]},
+            "started_at": {"type": "string", "format": "date-time"},
+            "completed_at": _TS,
+            "duration_ms": {"type": ["integer", "null"]},
+            "error_message": {"type": ["string", "null"]}}},
+    "JobDetail": {"allOf": [_ref("JobState"), {
+        "type": "object", "required": ["transitions", "stages", "result"],
+        "properties": {
+            "transitions": {"type": "array", "items": _ref("Transition")},
+            "stages": {"type": "array", "items": _ref("StageAttempt")},
+            "result": {"type": ["object", "null"],
+                       "description": "COSTING's output once COMPLETED, else null"}}}]},
+    "JobList": {
+        "type": "object", "required": ["jobs", "next_cursor"], "additionalProperties": False,
+        "properties": {"jobs": {"type": "array", "items": _ref("JobState")},
+                       "next_cursor": {"type": ["string", "null"]}}},
+    "StartRequest": {
+        "type": "object", "additionalProperties": False,
+        "properties": {"input": {"type": "object",
+                                 "description": "PLANNING's input, passed whole"}}},
+    "FailRequest": {
+        "type": "object", "required": ["error_message"], "additionalProperties": False,
+        "properties": {"error_message": {"type": "string", "minLength": 1,
+                                         "maxLength": 4096}}},
+    "Health": {"type": "object", "required": ["status"],
+               "properties": {"status": {"type": "string"}}},
+    "Ready": {"type": "object", "required": ["status", "checks"],
+              "properties": {"status": {"type": "string", "enum": ["ready", "not_ready"]},
+                             "checks": {"type": "object",
+                                        "additionalProperties": {"type": "string"}}}},
+}
+
+
+def openapi_document() -> dict[str, Any]:
+    auth = [{"bearer": []}]
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Job Orchestrator internal API", "version": "1"},
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "paths": {
+            "/internal/jobs/{job_id}/start": {"post": {
+                "summary": "Create the job if new and start its pipeline (idempotent)",
+                "security": auth, "parameters": [_JOB_ID, _CORRELATION],
+                "requestBody": {"required": False, "content": {
+                    "application/json": {"schema": _ref("StartRequest")}}},
+                "responses": {"202": _json(_ref("JobState"), "Started now"),
+                              "200": _json(_ref("JobState"), "Already running; no new chain"),
+                              **_errors(400, 401, 409, 413)}}},
+            "/internal/jobs/{job_id}/fail": {"post": {
+                "summary": "Fail a non-terminal job now; a stage in flight cannot undo it",
+                "security": auth, "parameters": [_JOB_ID, _CORRELATION],
+                "requestBody": {"required": True, "content": {
+                    "application/json": {"schema": _ref("FailRequest")}}},
+                "responses": {"200": _json(_ref("JobState"), "Failed"),
+                              **_errors(400, 401, 404, 409, 413)}}},
+            "/internal/jobs/{job_id}/state": {"get": {
+                "summary": "The job's state", "security": auth, "parameters": [_JOB_ID],
+                "responses": {"200": _json(_ref("JobState"), "The job's state"),
+                              **_errors(400, 401, 404)}}},
+            "/internal/jobs/{job_id}": {"get": {
+                "summary": "The job with its transitions, stage attempts and result",
+                "security": auth, "parameters": [_JOB_ID],
+                "responses": {"200": _json(_ref("JobDetail"), "The job in full"),
+                              **_errors(400, 401, 404)}}},
+            "/internal/jobs": {"get": {
+                "summary": "Jobs, newest first, a page at a time", "security": auth,
+                "parameters": [
+                    {"name": "state", "in": "query", "schema": {"type": "string",
+                                                                "enum": _STATES}},
+                    {"name": "limit", "in": "query",
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 200,
+                                "default": 50}},
+                    {"name": "cursor", "in": "query", "schema": {"type": "string"}}],
+                "responses": {"200": _json(_ref("JobList"), "A page of jobs"),
+                              **_errors(400, 401)}}},
+            "/internal/openapi.json": {"get": {
+                "summary": "This document", "security": auth,
+                "responses": {"200": {"description": "OpenAPI 3 document"},
+                              **_errors(401)}}},
+            "/healthz": {"get": {"summary": "Liveness", "responses": {
+                "200": _json(_ref("Health"), "The process answers")}}},
+            "/readyz": {"get": {"summary": "Readiness: PostgreSQL and Redis answer",
+                                "responses": {"200": _json(_ref("Ready"), "Ready"),
+                                              "503": _json(_ref("Ready"), "Not ready")}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {
+                "200": {"description": "Prometheus text format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+        },
+    }

@@ -1,0 +1,48 @@
+"""Domain objects to the JSON shapes of the contract."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from orchestrator.models import Job, JobDetail
+
+
+def iso(value: datetime | None) -> str | None:
+    """ISO 8601 in UTC with a ``Z``."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def job_state(job: Job) -> dict[str, Any]:
+    return {
+        "job_id": str(job.job_id),
+        "current_state": job.current_state.value,
+        "previous_state": job.previous_state.value if job.previous_state else None,
+        "retry_count": job.retry_count,
+        "error_message": job.error_message,
+        "created_at": iso(job.created_at),
+        "updated_at": iso(job.updated_at),
+        "started_at": iso(job.started_at),
+        "completed_at": iso(job.completed_at),
+        "plan_reference": job.plan_reference,
+        "result_reference": job.result_reference,
+    }
+
+
+def job_detail(detail: JobDetail) -> dict[str, Any]:
+    return {
+        **job_state(detail.job),
+        "transitions": [
+            {"from_state": t.from_state.value, "to_state": t.to_state.value, "at": iso(t.at),
+             "reason": t.reason}
+            for t in detail.transitions],
+        "stages": [
+            {"stage_name": a.stage_name, "attempt_number": a.attempt_number,
+             "status": a.status.value, "started_at": iso(a.started_at),
+             "completed_at": iso(a.completed_at), "duration_ms": a.duration_ms,
+             "error_message": a.error_message}
+            for a in detail.stages],
+        "result": detail.result,
+    }

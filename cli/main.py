@@ -1,0 +1,134 @@
+"""``orchestrator``: migrate, serve the API, run a worker, recover, inspect jobs."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+from uuid import UUID
+
+import click
+
+from orchestrator.errors import ConfigError
+from orchestrator.logs import configure_logging
+from orchestrator.settings import Settings, redact_url
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def settings_from_env() -> Settings:
+    return Settings.from_env(os.environ)
+
+
+def clear_errors(func: F) -> F:
+    """A wrong setting exits 2 with one line naming it, not a traceback."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ConfigError as exc:
+            click.echo(f"orchestrator: configuration error: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """The Job Orchestrator of the Terraform cost-estimation pipeline.
+
+    Configuration comes from environment variables only (see .env.example).
+    """
+
+
+@main.command()
+@clear_errors
+def migrate() -> None:
+    """Create or upgrade the PostgreSQL schema (Alembic) at DATABASE_URL."""
+    from db.migrate import upgrade
+
+    settings = settings_from_env()
+    if not settings.database_url:
+        raise ConfigError("DATABASE_URL", "is not set")
+    configure_logging(settings.log_level)
+    upgrade(settings.database_url)
+    click.echo(f"migrated {redact_url(settings.database_url)} to head")
+
+
+@main.command()
+@clear_errors
+def api() -> None:
+    """Serve the internal API under gunicorn on ORCHESTRATOR_PORT (default 8001)."""
+    from api.app import create_app
+    from cli.serve import serve
+
+    settings = settings_from_env()
+    settings.require_services()
+    settings.require_api_tokens()
+    configure_logging(settings.log_level)
+    serve(lambda: create_app(settings), host=settings.api_host, port=settings.api_port,
+          workers=settings.api_workers)
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+@clear_errors
+def worker(celery_args: tuple[str, ...]) -> None:
+    """Run a prefork Celery worker on CELERY_QUEUE (extra arguments go to Celery)."""
+    from tasks.factory import create_celery_app
+
+    settings = settings_from_env()
+    app = create_celery_app(settings)
+    app.worker_main(["worker", "--pool", "prefork",
+                     "--concurrency", str(settings.worker_concurrency),
+                     "--loglevel", settings.log_level, *celery_args])
+
+
+@main.command()
+@clear_errors
+def recover() -> None:
+    """Run one crash-recovery pass now and print how many jobs it resumed."""
+    from tasks.factory import create_celery_app
+    from tasks.recovery import recovery_pass
+
+    settings = settings_from_env()
+    configure_logging(settings.log_level)
+    resumed = recovery_pass(create_celery_app(settings))
+    click.echo(f"resumed {resumed} job(s)")
+
+
+@main.group()
+def jobs() -> None:
+    """An operator's view of jobs, read from PostgreSQL."""
+
+
+@jobs.command("list")
+@click.option("--state", help="Only jobs in this state.")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+@clear_errors
+def jobs_list(state: str | None, limit: int, as_json: bool) -> None:
+    """Newest jobs first: id, state, retries, age, error."""
+    from cli.jobs_view import list_jobs
+
+    click.echo(list_jobs(settings_from_env(), state, limit, as_json))
+
+
+@jobs.command("show")
+@click.argument("job_id", type=click.UUID)
+@click.option("--json", "as_json", is_flag=True, help="The API's JSON instead of text.")
+@clear_errors
+def jobs_show(job_id: UUID, as_json: bool) -> None:
+    """A job's state, transitions and every stage attempt with its duration."""
+    from cli.jobs_view import show_job
+
+    text = show_job(settings_from_env(), job_id, as_json)
+    if text is None:
+        click.echo(f"job {job_id} not found", err=True)
+        sys.exit(1)
+    click.echo(text)
+
+

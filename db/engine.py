@@ -1,0 +1,27 @@
+"""The SQLAlchemy engine, built from settings when a process needs it (never at import)."""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine, create_engine
+
+
+def sqlalchemy_url(database_url: str) -> str:
+    """``postgresql://…`` as SQLAlchemy should read it: with the psycopg2 driver named
+    (SQLAlchemy 2.1 would otherwise pick psycopg 3, which is not installed)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if database_url.startswith(prefix):
+            return "postgresql+psycopg2://" + database_url[len(prefix):]
+    return database_url
+
+
+def make_engine(database_url: str, *, pool_size: int = 5) -> Engine:
+    """An engine whose pool checks connections before use, so a PostgreSQL restart costs
+    one failed ping per stale connection rather than an error in a stage."""
+    return create_engine(
+        sqlalchemy_url(database_url),
+        pool_size=pool_size,
+        max_overflow=5,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        connect_args={"connect_timeout": 5, "application_name": "job-orchestrator"},
+    )

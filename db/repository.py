@@ -1,0 +1,233 @@
+"""The job repository on PostgreSQL: functions of one connection, returning domain objects.
+
+The caller owns the transaction (see :mod:`db.uow`). Every write that changes a job is a
+compare-and-set on its state, and for stage workers on its fence too: zero rows means
+"someone else owns this job now", reported as None/False, never as an exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import Connection, and_, func, literal_column, select, text, tuple_, update
+from sqlalchemy.dialects.postgresql import insert
+
+from db.schema import job_transitions, jobs, stage_executions
+from orchestrator.models import (
+    WORKER_LOST,
+    AttemptCounts,
+    AttemptStatus,
+    Job,
+    JobDetail,
+    StageAttempt,
+    Transition,
+)
+from orchestrator.stages import STAGE_STATES
+from orchestrator.states import TERMINAL, State
+
+_TERMINAL = [s.value for s in TERMINAL]
+_ELAPSED_MS = text("(extract(epoch FROM clock_timestamp() - started_at) * 1000)::int")
+
+
+def _job(row: Mapping[str, Any]) -> Job:
+    return Job(
+        job_id=row["job_id"],
+        current_state=State(row["current_state"]),
+        previous_state=State(row["previous_state"]) if row["previous_state"] else None,
+        retry_count=row["retry_count"],
+        error_message=row["error_message"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        started_at=row["started_at"],
+        completed_at=row["completed_at"],
+        plan_reference=row["plan_reference"],
+        result_reference=row["result_reference"],
+        correlation_id=row["correlation_id"],
+        fence=row["fence"],
+        input=row["input"] or {},
+    )
+
+
+class JobRepository:
+    """Queries and conditional writes for jobs, their attempts and their history."""
+
+    def __init__(self, connection: Connection):
+        self.c = connection
+
+    def get(self, job_id: UUID, *, for_update: bool = False) -> Job | None:
+        query = select(jobs).where(jobs.c.job_id == job_id)
+        if for_update:
+            query = query.with_for_update()
+        row = self.c.execute(query).mappings().first()
+        return _job(row) if row else None
+
+    def insert_if_absent(self, job_id: UUID, input: dict[str, Any],
+                         correlation_id: str | None) -> bool:
+        result = self.c.execute(
+            insert(jobs).values(job_id=job_id, current_state=State.UPLOADED.value,
+                                input=input, correlation_id=correlation_id,
+                                retry_count=0, fence=0, resume_count=0,
+                                created_at=func.now(), updated_at=func.now(),
+                                last_progress_at=func.now())
+            .on_conflict_do_nothing(index_elements=[jobs.c.job_id]))
+        return result.rowcount == 1
+
+    def move(self, job_id: UUID, from_state: State, to_state: State, reason: str, *,
+             fence: int | None = None, error_message: str | None = None,
+             fields: dict[str, Any] | None = None) -> Job | None:
+        values: dict[str, Any] = dict(
+            current_state=to_state.value, previous_state=from_state.value, state_reason=reason,
+            updated_at=func.now(), last_progress_at=func.now(), next_attempt_at=None,
+            **(fields or {}))
+        if from_state is State.UPLOADED:
+            values["started_at"] = func.coalesce(jobs.c.started_at, func.now())
+        if to_state in TERMINAL:
+            values["completed_at"] = func.now()
+        if error_message is not None:
+            values["error_message"] = error_message
+        condition = and_(jobs.c.job_id == job_id, jobs.c.current_state == from_state.value)
+        if fence is not None:
+            condition = and_(condition, jobs.c.fence == fence)
+        row = self.c.execute(
+            update(jobs).where(condition).values(**values).returning(*jobs.c)
+        ).mappings().first()
+        return _job(row) if row else None
+
+    def claim(self, job_id: UUID, state: State) -> int | None:
+        return self.c.execute(
+            update(jobs)
+            .where(jobs.c.job_id == job_id, jobs.c.current_state == state.value)
+            .values(fence=jobs.c.fence + 1, last_progress_at=func.now(), next_attempt_at=None)
+            .returning(jobs.c.fence)
+        ).scalar()
+
+    def _owned(self, job_id: UUID, state: State, fence: int) -> Any:
+        return and_(jobs.c.job_id == job_id, jobs.c.current_state == state.value,
+                    jobs.c.fence == fence)
+
+    def heartbeat(self, job_id: UUID, state: State, fence: int) -> bool:
+        return self.c.execute(
+            update(jobs).where(self._owned(job_id, state, fence))
+            .values(last_progress_at=func.now())).rowcount == 1
+
+    def schedule_retry(self, job_id: UUID, state: State, fence: int, delay: float) -> bool:
+        return self.c.execute(
+            update(jobs).where(self._owned(job_id, state, fence))
+            .values(retry_count=jobs.c.retry_count + 1, updated_at=func.now(),
+                    last_progress_at=func.now(),
+                    next_attempt_at=func.now() + func.make_interval(0, 0, 0, 0, 0, 0, delay))
+        ).rowcount == 1
+
+    def attempt_counts(self, job_id: UUID, stage: str) -> AttemptCounts:
+        se = stage_executions.c
+        lost = (se.status == AttemptStatus.RUNNING.value) | (se.error_message == WORKER_LOST)
+        failed = (se.status == AttemptStatus.FAILED.value) & (
+            se.error_message.is_distinct_from(WORKER_LOST))
+        row = self.c.execute(
+            select(func.count(), func.count().filter(failed), func.count().filter(lost))
+            .where(se.job_id == job_id, se.stage_name == stage)).one()
+        return AttemptCounts(total=row[0], failed=row[1], lost=row[2])
+
+    def start_attempt(self, job_id: UUID, stage: str, attempt: int,
+                      input: dict[str, Any]) -> None:
+        self._close(and_(stage_executions.c.job_id == job_id,
+                         stage_executions.c.stage_name == stage), WORKER_LOST)
+        self.c.execute(stage_executions.insert().values(
+            job_id=job_id, stage_name=stage, attempt_number=attempt,
+            status=AttemptStatus.RUNNING.value, started_at=func.clock_timestamp(),
+            input_data=input))
+
+    def finish_attempt(self, job_id: UUID, stage: str, attempt: int, *, success: bool,
+                       output: dict[str, Any] | None = None, error: str | None = None) -> bool:
+        se = stage_executions.c
+        status = AttemptStatus.SUCCESS if success else AttemptStatus.FAILED
+        return self.c.execute(
+            update(stage_executions)
+            .where(se.job_id == job_id, se.stage_name == stage, se.attempt_number == attempt,
+                   se.status == AttemptStatus.RUNNING.value)
+            .values(status=status.value, completed_at=func.clock_timestamp(),
+                    duration_ms=_ELAPSED_MS, output_data=output, error_message=error)
+        ).rowcount == 1
+
+    def close_running_attempts(self, job_id: UUID, error: str) -> int:
+        return self._close(stage_executions.c.job_id == job_id, error)
+
+    def _close(self, condition: Any, error: str) -> int:
+        se = stage_executions.c
+        return self.c.execute(
+            update(stage_executions)
+            .where(condition, se.status == AttemptStatus.RUNNING.value)
+            .values(status=AttemptStatus.FAILED.value, completed_at=func.clock_timestamp(),
+                    duration_ms=_ELAPSED_MS, error_message=error)).rowcount
+
+    def stage_input(self, job_id: UUID, state: State) -> dict[str, Any]:
+        index = STAGE_STATES.index(state)
+        if index == 0:
+            return self.c.execute(select(jobs.c.input).where(jobs.c.job_id == job_id)
+                                  ).scalar_one() or {}
+        return self._output(job_id, STAGE_STATES[index - 1]) or {}
+
+    def _output(self, job_id: UUID, state: State) -> dict[str, Any] | None:
+        se = stage_executions.c
+        return self.c.execute(
+            select(se.output_data).where(se.job_id == job_id, se.stage_name == state.value,
+                                         se.status == AttemptStatus.SUCCESS.value)
+        ).scalar()
+
+    def detail(self, job_id: UUID) -> JobDetail | None:
+        job = self.get(job_id)
+        if job is None:
+            return None
+        t = job_transitions.c
+        transitions = [
+            Transition(State(r.from_state), State(r.to_state), r.at, r.reason)
+            for r in self.c.execute(select(t.from_state, t.to_state, t.at, t.reason)
+                                    .where(t.job_id == job_id).order_by(t.id))]
+        se = stage_executions.c
+        stages = [
+            StageAttempt(r.stage_name, r.attempt_number, AttemptStatus(r.status), r.started_at,
+                         r.completed_at, r.duration_ms, r.error_message)
+            for r in self.c.execute(
+                select(se.stage_name, se.attempt_number, se.status, se.started_at,
+                       se.completed_at, se.duration_ms, se.error_message)
+                .where(se.job_id == job_id).order_by(se.started_at, se.id))]
+        result = (self._output(job_id, State.COSTING)
+                  if job.current_state is State.COMPLETED else None)
+        return JobDetail(job, transitions, stages, result)
+
+    def list_jobs(self, state: State | None, limit: int,
+                  after: tuple[datetime, UUID] | None) -> list[Job]:
+        """Newest first; ``after`` is the (created_at, job_id) of the last job already seen."""
+        query = select(jobs).order_by(jobs.c.created_at.desc(), jobs.c.job_id.desc())
+        if state is not None:
+            query = query.where(jobs.c.current_state == state.value)
+        if after is not None:
+            query = query.where(tuple_(jobs.c.created_at, jobs.c.job_id) < tuple_(*after))
+        return [_job(r) for r in self.c.execute(query.limit(limit)).mappings()]
+
+    def stale_jobs(self, stale_after: float, limit: int) -> list[Job]:
+        cutoff = func.now() - func.make_interval(0, 0, 0, 0, 0, 0, stale_after)
+        query = (
+            select(jobs)
+            .where(jobs.c.current_state.not_in([*_TERMINAL, State.UPLOADED.value]),
+                   jobs.c.last_progress_at < cutoff,
+                   jobs.c.next_attempt_at.is_(None) | (jobs.c.next_attempt_at < cutoff))
+            .order_by(jobs.c.last_progress_at).limit(limit)
+            .with_for_update(skip_locked=True))
+        return [_job(r) for r in self.c.execute(query).mappings()]
+
+    def mark_resumed(self, job_id: UUID) -> None:
+        self.c.execute(update(jobs).where(jobs.c.job_id == job_id).values(
+            last_progress_at=func.now(), next_attempt_at=None,
+            resume_count=jobs.c.resume_count + 1))
+
+    def count_by_state(self) -> dict[str, int]:
+        rows = self.c.execute(select(jobs.c.current_state, func.count())
+                              .group_by(jobs.c.current_state))
+        return {state: count for state, count in rows}
+
+    def ping(self) -> None:
+        self.c.execute(select(literal_column("1")))

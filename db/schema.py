@@ -1,0 +1,74 @@
+"""The tables, as SQLAlchemy Core metadata (the migrations in ``db/migrations`` create them;
+this module only describes them for queries)."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+
+metadata = MetaData()
+
+jobs = Table(
+    "jobs", metadata,
+    Column("job_id", UUID(as_uuid=True), primary_key=True),
+    Column("current_state", Text, nullable=False),
+    Column("previous_state", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("started_at", DateTime(timezone=True)),
+    Column("completed_at", DateTime(timezone=True)),
+    Column("retry_count", Integer, nullable=False),
+    Column("error_message", Text),
+    Column("plan_reference", Text),
+    Column("result_reference", Text),
+    Column("input", JSONB, nullable=False),
+    Column("correlation_id", Text),
+    # Fencing token: bumped by every claim of the job by a stage worker; every write of a
+    # stage is conditioned on it, so a worker that lost its lock cannot write.
+    Column("fence", BigInteger, nullable=False),
+    # Last sign of life (claim, heartbeat, transition, resume) and the due time of a
+    # scheduled retry: what recovery reads to tell a stalled job from a waiting one.
+    Column("last_progress_at", DateTime(timezone=True), nullable=False),
+    Column("next_attempt_at", DateTime(timezone=True)),
+    Column("resume_count", Integer, nullable=False),
+    # Why the job entered its current state; the transition trigger copies it into history.
+    Column("state_reason", Text),
+)
+
+stage_executions = Table(
+    "stage_executions", metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("job_id", UUID(as_uuid=True), ForeignKey("jobs.job_id", ondelete="CASCADE"),
+           nullable=False),
+    Column("stage_name", Text, nullable=False),
+    Column("attempt_number", Integer, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("completed_at", DateTime(timezone=True)),
+    Column("duration_ms", Integer),
+    Column("input_data", JSONB),
+    Column("output_data", JSONB),
+    Column("error_message", Text),
+    UniqueConstraint("job_id", "stage_name", "attempt_number"),
+)
+
+job_transitions = Table(
+    "job_transitions", metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("job_id", UUID(as_uuid=True), ForeignKey("jobs.job_id", ondelete="CASCADE"),
+           nullable=False),
+    Column("from_state", Text, nullable=False),
+    Column("to_state", Text, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("reason", Text),
+)

@@ -1,0 +1,87 @@
+"""The one exception tree of the orchestrator::
+
+    OrchestratorError
+    ├── ConfigError                 a setting is missing or malformed (names the variable)
+    ├── InvalidTransition           a move the state machine does not allow
+    ├── JobNotFound                 no job with that id
+    ├── JobTerminal                 the job is COMPLETED or FAILED; nothing more can happen
+    ├── LockNotAcquired             another worker holds the job's lock
+    ├── FencedOut                   a compare-and-set found the job owned by someone else
+    └── StageError                  a stage attempt failed
+        ├── TransientStageError     worth retrying: connection, timeout, 408, 429, 5xx
+        └── PermanentStageError     retrying cannot help: other 4xx, bad body, missing field
+
+Errors carry data (``job_id``, ``stage``, …) rather than only prose, and causes are
+chained with ``raise … from``.
+"""
+
+from __future__ import annotations
+
+
+class OrchestratorError(Exception):
+    """Base of every error the orchestrator raises on purpose."""
+
+    def __init__(self, message: str, *, job_id: str | None = None, stage: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.job_id = job_id
+        self.stage = stage
+
+
+class ConfigError(OrchestratorError):
+    """A setting from the environment is missing or malformed."""
+
+    def __init__(self, variable: str, problem: str):
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+
+
+class InvalidTransition(OrchestratorError):
+    def __init__(self, from_state: str, to_state: str, *, job_id: str | None = None):
+        super().__init__(f"invalid transition {from_state} -> {to_state}", job_id=job_id)
+        self.from_state = from_state
+        self.to_state = to_state
+
+
+class JobNotFound(OrchestratorError):
+    def __init__(self, job_id: str):
+        super().__init__(f"job {job_id} not found", job_id=job_id)
+
+
+class JobTerminal(OrchestratorError):
+    def __init__(self, job_id: str, state: str):
+        super().__init__(f"job {job_id} is already {state}", job_id=job_id)
+        self.state = state
+
+
+class LockNotAcquired(OrchestratorError):
+    pass
+
+
+class FencedOut(OrchestratorError):
+    """A conditional write matched no row: the job moved on or another worker owns it."""
+
+
+class StageError(OrchestratorError):
+    """A stage attempt failed; ``status`` is the HTTP status when there was one."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        job_id: str | None = None,
+        stage: str | None = None,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ):
+        super().__init__(message, job_id=job_id, stage=stage)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class TransientStageError(StageError):
+    """Worth retrying: the service was unreachable, slow, throttled or broken for a while."""
+
+
+class PermanentStageError(StageError):
+    """Retrying cannot help: the service refused the request or answered nonsense."""

@@ -1,0 +1,76 @@
+"""Plain domain objects: what the repository returns and the API serialises."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+from uuid import UUID
+
+from orchestrator.states import State
+
+
+class AttemptStatus(StrEnum):
+    RUNNING = "RUNNING"
+    SUCCESS = "SUCCESS"
+    FAILED = "FAILED"
+
+
+#: The error text of attempts closed by someone other than the worker that ran them.
+WORKER_LOST = "worker lost"
+CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class Job:
+    job_id: UUID
+    current_state: State
+    previous_state: State | None
+    retry_count: int
+    error_message: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    plan_reference: str | None
+    result_reference: str | None
+    correlation_id: str | None = None
+    fence: int = 0
+    input: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Transition:
+    from_state: State
+    to_state: State
+    at: datetime
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class StageAttempt:
+    stage_name: str
+    attempt_number: int
+    status: AttemptStatus
+    started_at: datetime
+    completed_at: datetime | None
+    duration_ms: int | None
+    error_message: str | None
+
+
+@dataclass(frozen=True)
+class AttemptCounts:
+    """The attempts of one stage of one job so far, by how they ended."""
+
+    total: int = 0
+    failed: int = 0
+    lost: int = 0
+
+
+@dataclass(frozen=True)
+class JobDetail:
+    job: Job
+    transitions: list[Transition]
+    stages: list[StageAttempt]
+    result: dict[str, Any] | None

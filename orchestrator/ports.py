@@ -1,0 +1,93 @@
+"""The interfaces the use cases need from the outside world, as Protocols.
+
+``db/`` implements :class:`JobRepository` and :class:`UnitOfWork` on PostgreSQL,
+``tasks/`` implements :class:`JobLock` on Redis, :class:`Enqueuer` on Celery and
+:class:`Downstream` on requests. Every repository write that changes a job is a
+compare-and-set: it returns None/False when the job was not as expected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+from uuid import UUID
+
+from orchestrator.models import AttemptCounts, Job, JobDetail
+from orchestrator.stages import StageSpec
+from orchestrator.states import State
+
+
+class JobRepository(Protocol):
+    def get(self, job_id: UUID, *, for_update: bool = False) -> Job | None: ...
+
+    def insert_if_absent(self, job_id: UUID, input: dict[str, Any],
+                         correlation_id: str | None) -> bool: ...
+
+    def move(self, job_id: UUID, from_state: State, to_state: State, reason: str, *,
+             fence: int | None = None, error_message: str | None = None,
+             fields: dict[str, Any] | None = None) -> Job | None:
+        """CAS ``from_state → to_state`` (and ``fence`` when given); records the transition."""
+
+    def claim(self, job_id: UUID, state: State) -> int | None:
+        """Bump the fence of a job in ``state`` and return it: the new owner's token."""
+
+    def heartbeat(self, job_id: UUID, state: State, fence: int) -> bool: ...
+
+    def schedule_retry(self, job_id: UUID, state: State, fence: int, delay: float) -> bool: ...
+
+    def attempt_counts(self, job_id: UUID, stage: str) -> AttemptCounts: ...
+
+    def start_attempt(self, job_id: UUID, stage: str, attempt: int,
+                      input: dict[str, Any]) -> None:
+        """Close this stage's RUNNING attempts as worker lost, then open ``attempt``."""
+
+    def finish_attempt(self, job_id: UUID, stage: str, attempt: int, *, success: bool,
+                       output: dict[str, Any] | None = None,
+                       error: str | None = None) -> bool: ...
+
+    def close_running_attempts(self, job_id: UUID, error: str) -> int: ...
+
+    def stage_input(self, job_id: UUID, state: State) -> dict[str, Any]: ...
+
+    def detail(self, job_id: UUID) -> JobDetail | None: ...
+
+    def list_jobs(self, state: State | None, limit: int,
+                  after: tuple[str, str] | None) -> list[Job]: ...
+
+    def stale_jobs(self, stale_after: float, limit: int) -> list[Job]:
+        """Non-terminal started jobs with no sign of life for ``stale_after`` seconds,
+        locked so that a concurrent recovery pass skips them."""
+
+    def mark_resumed(self, job_id: UUID) -> None: ...
+
+
+UnitOfWork = Callable[[], AbstractContextManager[JobRepository]]
+"""Opens a transaction: commits when the block ends cleanly, rolls back on an exception."""
+
+
+class JobLock(Protocol):
+    def acquire(self) -> bool: ...
+
+    def extend(self) -> bool:
+        """Reset the TTL; False when the lock is no longer ours."""
+
+    def release(self) -> bool:
+        """Release if still ours; False when it had already expired or changed hands."""
+
+
+class LockFactory(Protocol):
+    def __call__(self, job_id: UUID) -> JobLock: ...
+
+    def is_locked(self, job_id: UUID) -> bool: ...
+
+
+class Enqueuer(Protocol):
+    def __call__(self, job_id: UUID, from_state: State, correlation_id: str | None) -> None:
+        """Send the chain of stage tasks from ``from_state`` to the end."""
+
+
+class Downstream(Protocol):
+    def __call__(self, spec: StageSpec, job_id: UUID, attempt: int, input: dict[str, Any],
+                 correlation_id: str | None, timeout: float) -> dict[str, Any]:
+        """POST one attempt; the output, or a TransientStageError/PermanentStageError."""

@@ -1,0 +1,258 @@
+"""Running one attempt of one stage of one job, safely.
+
+The flow, every step guarded::
+
+    job in this stage? ── no ──> Skipped (a duplicate or a late delivery: do nothing)
+    take the Redis lock ── busy ─> Skipped (another worker runs it)
+    claim in PostgreSQL (fence += 1) ── job moved ─> Skipped
+    open attempt n (closing any RUNNING one as "worker lost"); heartbeat starts
+    POST to the stage's service, bounded by what is left of the stage timeout
+    success   ─> CAS(state, fence): attempt SUCCESS, job → next state      ─> Advanced
+    transient ─> CAS: attempt FAILED; retries left? retry_count += 1       ─> RetryLater
+                                      none left?   job → FAILED            ─> Failed
+    permanent ─> CAS: attempt FAILED, job → FAILED                         ─> Failed
+    any CAS matching no row (cancelled, or fenced out after losing the lock) ─> Skipped
+
+The lock keeps two workers from running a stage at once; the fence makes sure a worker
+that lost its lock (paused past the TTL, cut off from Redis) cannot write anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from orchestrator.backoff import retry_delay
+from orchestrator.errors import PermanentStageError, StageError, TransientStageError
+from orchestrator.logs import job_context, log_event
+from orchestrator.models import Job
+from orchestrator.outcomes import attempt_label, transport_error
+from orchestrator.ports import Downstream, JobLock, LockFactory, UnitOfWork
+from orchestrator.settings import Settings
+from orchestrator.stages import StageSpec
+from orchestrator.states import State, next_state
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Advanced:
+    to_state: State
+
+
+@dataclass(frozen=True)
+class RetryLater:
+    delay: float
+    attempt: int
+
+
+@dataclass(frozen=True)
+class Failed:
+    message: str
+
+
+@dataclass(frozen=True)
+class Skipped:
+    reason: str
+
+
+Outcome = Advanced | RetryLater | Failed | Skipped
+
+
+@dataclass
+class StageRunner:
+    """Runs stage attempts with the collaborators of one process."""
+
+    settings: Settings
+    uow: UnitOfWork
+    locks: LockFactory
+    downstream: Downstream
+    #: Exceptions meaning "this attempt's time is up" (Celery's SoftTimeLimitExceeded).
+    timeout_errors: tuple[type[BaseException], ...] = ()
+
+    def run(self, job_id: UUID, state: State, correlation_id: str | None) -> Outcome:
+        with job_context(job_id, correlation_id):
+            with self.uow() as jobs:
+                job = jobs.get(job_id)
+            if job is None:
+                return self._skip("job not found")
+            if job.current_state is not state:
+                return self._skip(f"job is {job.current_state.value}, not {state.value}")
+            lock = self.locks(job_id)
+            if not lock.acquire():
+                log_event(log, "lock.busy", stage=state.value)
+                return Skipped("lock held by another worker")
+            log_event(log, "lock.acquired", stage=state.value)
+            try:
+                return self._run_locked(job, state, lock)
+            finally:
+                if lock.release():
+                    log_event(log, "lock.released", stage=state.value)
+                else:
+                    log_event(log, "lock.lost", logging.WARNING, stage=state.value,
+                              error="lock expired or taken over before release")
+
+    def _skip(self, reason: str) -> Skipped:
+        log_event(log, "stage.skipped", reason=reason)
+        return Skipped(reason)
+
+    def _run_locked(self, job: Job, state: State, lock: JobLock) -> Outcome:
+        spec = self.settings.stage(state)
+        with self.uow() as jobs:
+            fence = jobs.claim(job.job_id, state)
+            if fence is None:
+                return self._skip("job moved on before the claim")
+            counts = jobs.attempt_counts(job.job_id, state.value)
+            attempt = counts.total + 1
+            if counts.lost >= self.settings.max_lost_attempts:
+                message = (f"{attempt_label(spec, attempt)}: gave up after "
+                           f"{counts.lost} attempts ended with their worker lost")
+                jobs.start_attempt(job.job_id, state.value, attempt, {})
+                return self._give_up(job, state, fence, attempt, message, jobs)
+            stage_input = jobs.stage_input(job.job_id, state)
+            jobs.start_attempt(job.job_id, state.value, attempt, stage_input)
+        log_event(log, "stage.started", stage=state.value, attempt=attempt, fence=fence)
+        started = time.monotonic()
+        heartbeat = Heartbeat(self, job.job_id, state, fence, lock)
+        with heartbeat:
+            try:
+                output = self._call(spec, job, attempt, stage_input, started)
+            except StageError as exc:
+                return self._attempt_failed(job, spec, fence, attempt, counts.failed, exc, started)
+        if heartbeat.lost.is_set():
+            return self._skip("lock lost during the stage; result discarded")
+        return self._advance(job, spec, fence, attempt, output, started)
+
+    def _call(self, spec: StageSpec, job: Job, attempt: int, stage_input: dict[str, Any],
+              started: float) -> dict[str, Any]:
+        try:
+            return self.downstream(spec, job.job_id, attempt, stage_input, job.correlation_id,
+                                   spec.timeout - (time.monotonic() - started))
+        except self.timeout_errors as exc:
+            raise transport_error(spec, attempt, f"timed out after {spec.timeout:g}s") from exc
+
+    def _advance(self, job: Job, spec: StageSpec, fence: int, attempt: int,
+                 output: dict[str, Any], started: float) -> Outcome:
+        target = next_state(spec.state)
+        fields: dict[str, Any] = {}
+        required = spec.definition.required_field
+        if required:
+            fields[required] = str(output[required])
+        with self.uow() as jobs:
+            moved = jobs.move(job.job_id, spec.state, target, f"{spec.name} succeeded",
+                              fence=fence, fields=fields)
+            if moved is None:
+                return self._fenced(spec, attempt)
+            jobs.finish_attempt(job.job_id, spec.name, attempt, success=True, output=output)
+        log_event(log, "stage.succeeded", stage=spec.name, attempt=attempt,
+                  duration_ms=_ms(started))
+        log_event(log, "job.transition", from_state=spec.name, to_state=target.value,
+                  stage=spec.name, attempt=attempt)
+        return Advanced(target)
+
+    def _attempt_failed(self, job: Job, spec: StageSpec, fence: int, attempt: int,
+                        failed_before: int, exc: StageError, started: float) -> Outcome:
+        error = str(exc)
+        failures = failed_before + 1
+        log_event(log, "stage.failed", logging.WARNING, stage=spec.name, attempt=attempt,
+                  duration_ms=_ms(started), error=error, status=exc.status,
+                  transient=isinstance(exc, TransientStageError))
+        if isinstance(exc, TransientStageError) and failures < spec.max_attempts:
+            delay = retry_delay(failures, base=self.settings.retry_backoff_base,
+                                maximum=self.settings.retry_backoff_max,
+                                jitter=self.settings.retry_jitter, retry_after=exc.retry_after)
+            with self.uow() as jobs:
+                if not jobs.schedule_retry(job.job_id, spec.state, fence, delay):
+                    return self._fenced(spec, attempt)
+                jobs.finish_attempt(job.job_id, spec.name, attempt, success=False, error=error)
+            log_event(log, "stage.retry_scheduled", stage=spec.name, attempt=attempt,
+                      delay_s=round(delay, 3), retry=failures, error=error)
+            return RetryLater(delay, attempt)
+        if isinstance(exc, PermanentStageError):
+            message = error
+        else:
+            message = f"{error} (retries exhausted after {failures} attempts)"
+        with self.uow() as jobs:
+            return self._give_up(job, spec.state, fence, attempt, message, jobs)
+
+    def _give_up(self, job: Job, state: State, fence: int, attempt: int, message: str,
+                 jobs: Any) -> Outcome:
+        if jobs.move(job.job_id, state, State.FAILED, "stage failed", fence=fence,
+                     error_message=message) is None:
+            return self._fenced(self.settings.stage(state), attempt)
+        jobs.finish_attempt(job.job_id, state.value, attempt, success=False, error=message)
+        log_event(log, "stage.gave_up", logging.ERROR, stage=state.value, attempt=attempt,
+                  error=message)
+        log_event(log, "job.transition", from_state=state.value, to_state=State.FAILED.value,
+                  stage=state.value, attempt=attempt, error=message)
+        return Failed(message)
+
+    def _fenced(self, spec: StageSpec, attempt: int) -> Skipped:
+        log_event(log, "stage.fenced_out", logging.WARNING, stage=spec.name, attempt=attempt,
+                  reason="job changed state or owner while the stage ran; nothing written")
+        return Skipped("fenced out")
+
+
+class Heartbeat:
+    """While a stage runs: extend its lock and record a sign of life every TTL/3.
+
+    If the lock is gone (expired while the process was paused, or taken over), ``lost`` is
+    set and nothing more is renewed; the stage's own writes are fenced anyway.
+    """
+
+    def __init__(self, runner: StageRunner, job_id: UUID, state: State, fence: int,
+                 lock: JobLock, clock: Callable[[], float] = time.monotonic):
+        self.runner, self.job_id, self.state, self.fence, self.lock = (
+            runner, job_id, state, fence, lock)
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id}",
+                                        daemon=True)
+        self._context = (str(job_id), None)
+
+    def __enter__(self) -> Heartbeat:
+        from orchestrator.logs import current_correlation_id
+
+        self._context = (str(self.job_id), current_correlation_id())
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        interval = self.runner.settings.lock_ttl / 3
+        with job_context(*self._context):
+            while not self._stop.wait(interval):
+                if not self._beat_once():
+                    return
+
+    def _beat_once(self) -> bool:
+        try:
+            if not self.lock.extend():
+                self.lost.set()
+                log_event(log, "lock.lost", logging.WARNING, stage=self.state.value,
+                          error="lock expired or taken over while the stage ran")
+                return False
+            with self.runner.uow() as jobs:
+                alive = jobs.heartbeat(self.job_id, self.state, self.fence)
+            if not alive:
+                self.lost.set()
+                log_event(log, "stage.fenced_out", logging.WARNING, stage=self.state.value,
+                          reason="job changed state or owner while the stage ran")
+                return False
+            log_event(log, "lock.extended", logging.DEBUG, stage=self.state.value)
+        except Exception as exc:  # Redis or PostgreSQL away for a moment: try next beat
+            log_event(log, "lock.extend_failed", logging.WARNING, stage=self.state.value,
+                      error=repr(exc))
+        return True
+
+
+def _ms(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)

@@ -1,0 +1,184 @@
+"""Configuration, read once from the environment into one typed, validated object.
+
+Every variable is listed with its default in ``.env.example``. A bad value raises
+:class:`ConfigError` naming the variable; the CLI prints that one line and exits non-zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
+
+from orchestrator.errors import ConfigError
+from orchestrator.stages import STAGE_DEFINITIONS, StageSpec
+from orchestrator.states import State
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+_LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
+
+
+class _Env:
+    """Typed reads of one environment mapping; every failure names its variable."""
+
+    def __init__(self, environ: Mapping[str, str]):
+        self.environ = environ
+
+    def raw(self, name: str) -> str | None:
+        value = self.environ.get(name)
+        if value is None or value.strip() == "":
+            return None
+        return value.strip()
+
+    def str(self, name: str, default: str) -> str:
+        return self.raw(name) or default
+
+    def number(self, name: str, default: float, *, minimum: float, integer: bool = False) -> float:
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            number = int(value) if integer else float(value)
+        except ValueError:
+            kind = "an integer" if integer else "a number"
+            raise ConfigError(name, f"must be {kind}, got {value!r}") from None
+        if number < minimum or number != number:  # NaN never compares equal to itself
+            raise ConfigError(name, f"must be at least {minimum:g}, got {value!r}")
+        return number
+
+    def integer(self, name: str, default: int, *, minimum: int) -> int:
+        return int(self.number(name, default, minimum=minimum, integer=True))
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.raw(name)
+        if value is None:
+            return default
+        if value.lower() in _TRUE:
+            return True
+        if value.lower() in _FALSE:
+            return False
+        raise ConfigError(name, f"must be true or false, got {value!r}")
+
+    def url(self, name: str, default: str | None, schemes: tuple[str, ...]) -> str | None:
+        value = self.raw(name) or default
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in schemes:
+            raise ConfigError(name, f"must be a URL starting with one of {', '.join(schemes)}")
+        if parts.scheme.startswith("http") and not parts.netloc:
+            raise ConfigError(name, "must include a host")
+        return value
+
+
+def redact_url(url: str | None) -> str | None:
+    """The URL with any password replaced, safe to log or print."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the orchestrator reads from its environment."""
+
+    database_url: str | None = None
+    redis_url: str | None = None
+    broker_url: str | None = None
+    celery_queue: str = "orchestrator"
+    stages: tuple[StageSpec, ...] = ()
+    retry_backoff_base: float = 2.0
+    retry_backoff_max: float = 60.0
+    retry_jitter: bool = True
+    hard_timeout_grace: float = 10.0
+    lock_ttl: float = 300.0
+    lock_key_prefix: str = "job:lock:"
+    recovery_interval: float = 60.0
+    recovery_stale_after: float = 300.0
+    max_lost_attempts: int = 3
+    downstream_token: str | None = field(default=None, repr=False)
+    api_tokens: tuple[str, ...] = field(default=(), repr=False)
+    auth_disabled: bool = False
+    api_host: str = "127.0.0.1"
+    api_port: int = 8001
+    api_workers: int = 2
+    downstream_port: int = 8002
+    worker_concurrency: int = 2
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        env = _Env(environ)
+        redis_url = env.url("REDIS_URL", None, ("redis", "rediss", "unix", "redis+socket"))
+        lock_ttl = env.number("LOCK_TTL", 300.0, minimum=1)
+        log_level = env.str("LOG_LEVEL", "INFO").upper()
+        if log_level not in _LOG_LEVELS:
+            raise ConfigError("LOG_LEVEL", f"must be one of {', '.join(sorted(_LOG_LEVELS))}")
+        return cls(
+            database_url=env.url("DATABASE_URL", None, ("postgresql", "postgresql+psycopg2",
+                                                        "postgres")),
+            redis_url=redis_url,
+            broker_url=env.url("CELERY_BROKER_URL", redis_url,
+                               ("redis", "rediss", "redis+socket", "amqp", "amqps", "pyamqp")),
+            celery_queue=env.str("CELERY_QUEUE", "orchestrator"),
+            stages=_stage_specs(env),
+            retry_backoff_base=env.number("RETRY_BACKOFF_BASE", 2.0, minimum=0),
+            retry_backoff_max=env.number("RETRY_BACKOFF_MAX", 60.0, minimum=0),
+            retry_jitter=env.boolean("RETRY_JITTER", True),
+            hard_timeout_grace=env.number("HARD_TIMEOUT_GRACE", 10.0, minimum=1),
+            lock_ttl=lock_ttl,
+            lock_key_prefix=env.str("LOCK_KEY_PREFIX", "job:lock:"),
+            recovery_interval=env.number("RECOVERY_INTERVAL", 60.0, minimum=0.1),
+            recovery_stale_after=env.number("RECOVERY_STALE_AFTER", lock_ttl, minimum=0.1),
+            max_lost_attempts=env.integer("MAX_LOST_ATTEMPTS", 3, minimum=1),
+            downstream_token=env.raw("DOWNSTREAM_TOKEN"),
+            api_tokens=tuple(t.strip() for t in env.str("ORCHESTRATOR_API_TOKENS", "").split(",")
+                             if t.strip()),
+            auth_disabled=env.boolean("ORCHESTRATOR_AUTH_DISABLED", False),
+            api_host=env.str("ORCHESTRATOR_HOST", "127.0.0.1"),
+            api_port=env.integer("ORCHESTRATOR_PORT", 8001, minimum=1),
+            api_workers=env.integer("ORCHESTRATOR_API_WORKERS", 2, minimum=1),
+            downstream_port=env.integer("DOWNSTREAM_PORT", 8002, minimum=1),
+            worker_concurrency=env.integer("WORKER_CONCURRENCY", 2, minimum=1),
+            log_level=log_level,
+        )
+
+    def stage(self, state: State) -> StageSpec:
+        for spec in self.stages:
+            if spec.state is state:
+                return spec
+        raise KeyError(state)
+
+    def require_services(self) -> None:
+        """Raise ConfigError unless PostgreSQL and Redis are configured."""
+        if not self.database_url:
+            raise ConfigError("DATABASE_URL", "is not set")
+        if not self.redis_url:
+            raise ConfigError("REDIS_URL", "is not set")
+
+    def require_api_tokens(self) -> None:
+        """The API refuses to start open unless told so explicitly."""
+        if not self.api_tokens and not self.auth_disabled:
+            raise ConfigError("ORCHESTRATOR_API_TOKENS",
+                              "is empty; set tokens or ORCHESTRATOR_AUTH_DISABLED=true")
+
+
+def _stage_specs(env: _Env) -> tuple[StageSpec, ...]:
+    port = env.integer("DOWNSTREAM_PORT", 8002, minimum=1)
+    specs = []
+    for d in STAGE_DEFINITIONS:
+        url = env.url(d.url_variable, f"http://127.0.0.1:{port}{d.default_path}",
+                      ("http", "https"))
+        assert url is not None
+        specs.append(StageSpec(
+            definition=d,
+            url=url,
+            timeout=env.number(f"{d.name}_TIMEOUT", d.default_timeout, minimum=0.1),
+            max_retries=env.integer(f"{d.name}_MAX_RETRIES", d.default_max_retries, minimum=0),
+        ))
+    return tuple(specs)

@@ -1,0 +1,49 @@
+"""The one place the chain of stage tasks is built, and the enqueue function the API uses.
+
+    planning.si(job) | parsing.si(job) | enriching.si(job) | costing.si(job)
+
+Signatures are immutable (``si``): only the job id and correlation id cross the broker;
+each stage reads its input from PostgreSQL (the previous stage's stored output). A
+resumed job gets the tail of the chain from its current state.
+"""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from celery import Celery, chain
+from celery.canvas import Signature
+
+from orchestrator.settings import Settings
+from orchestrator.stages import stages_from
+from orchestrator.states import State
+
+
+def task_name(state: State) -> str:
+    return f"orchestrator.stage.{state.value.lower()}"
+
+
+def stage_chain(app: Celery, job_id: UUID, from_state: State, correlation_id: str | None
+                ) -> Signature:
+    return chain(*(app.tasks[task_name(s)].si(str(job_id), correlation_id)
+                   for s in stages_from(from_state)))
+
+
+class CeleryEnqueuer:
+    """:class:`orchestrator.ports.Enqueuer` on Celery: sends the chain from a state on."""
+
+    def __init__(self, app: Celery):
+        self.app = app
+
+    def __call__(self, job_id: UUID, from_state: State, correlation_id: str | None) -> None:
+        if not stages_from(from_state):
+            return
+        stage_chain(self.app, job_id, from_state, correlation_id).apply_async()
+
+
+def make_enqueuer(settings: Settings) -> CeleryEnqueuer:
+    """The enqueue function for processes that only send (the API): a Celery app of the
+    same configuration, built now, connecting on first send."""
+    from tasks.factory import create_celery_app
+
+    return CeleryEnqueuer(create_celery_app(settings))

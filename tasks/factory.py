@@ -1,0 +1,70 @@
+"""``create_celery_app(settings)``: the Celery app with its configuration, the four stage
+tasks with their time limits, the recovery step and the logging hooks."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery, signals
+
+from orchestrator.logs import configure_logging, log_event
+from orchestrator.settings import Settings
+from tasks import costing, enriching, parsing, planning
+from tasks.chain import task_name
+from tasks.recovery import RecoveryStep
+from tasks.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+STAGE_MODULES = (planning, parsing, enriching, costing)
+
+
+def visibility_timeout(settings: Settings) -> float:
+    """How long Redis keeps a delivered, unacked message before giving it to another
+    worker: longer than one attempt can take (timeout + hard-limit grace) plus the longest
+    retry countdown held as an ETA, with a wide margin; never under an hour."""
+    longest = max(s.timeout for s in settings.stages) + settings.hard_timeout_grace
+    return max(3600.0, 2 * (longest + settings.retry_backoff_max))
+
+
+def create_celery_app(settings: Settings) -> Celery:
+    settings.require_services()
+    app = Celery("orchestrator", set_as_current=False)
+    app.config_from_object("celeryconfig")
+    app.conf.update(
+        broker_url=settings.broker_url,
+        task_default_queue=settings.celery_queue,
+        broker_transport_options={"visibility_timeout": visibility_timeout(settings)},
+        worker_concurrency=settings.worker_concurrency,
+    )
+    app.runtime = Runtime(settings)  # type: ignore[attr-defined]
+    for module in STAGE_MODULES:
+        spec = settings.stage(module.STATE)
+        app.task(
+            module.run, bind=True, name=task_name(module.STATE),
+            soft_time_limit=spec.timeout, time_limit=spec.timeout + settings.hard_timeout_grace,
+            # Retries are counted in PostgreSQL (attempt rows), not in the message, so a
+            # redelivered or resumed stage keeps its count; Celery must not cap them too.
+            max_retries=None,
+        )
+    app.steps["worker"].add(RecoveryStep)
+    _connect_signals(app, settings)
+    return app
+
+
+def _connect_signals(app: Celery, settings: Settings) -> None:
+    def setup_logging(**_: Any) -> None:
+        configure_logging(settings.log_level)
+
+    def process_init(**_: Any) -> None:
+        app.runtime.after_fork()  # type: ignore[attr-defined]
+
+    def ready(sender: Any = None, **_: Any) -> None:
+        log_event(log, "worker.ready", queue=settings.celery_queue,
+                  hostname=getattr(sender, "hostname", None))
+
+    uid = f"orchestrator-{id(app)}"
+    signals.setup_logging.connect(setup_logging, weak=False, dispatch_uid=f"{uid}-log")
+    signals.worker_process_init.connect(process_init, weak=False, dispatch_uid=f"{uid}-fork")
+    signals.worker_ready.connect(ready, weak=False, dispatch_uid=f"{uid}-ready")

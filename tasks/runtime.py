@@ -1,0 +1,60 @@
+"""The resources of one worker or API process, made on first use and remade after a fork.
+
+Celery's prefork pool forks children from the main process; a database pool or Redis
+connection inherited across a fork would be shared by two processes, so each child calls
+:meth:`Runtime.after_fork` and builds its own.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import redis
+from sqlalchemy import Engine
+
+from db.engine import make_engine
+from db.uow import PostgresUnitOfWork
+from orchestrator.settings import Settings
+from tasks.downstream_client import HttpDownstream
+from tasks.lock import RedisLocks
+
+
+class Runtime:
+    """Per-process collaborators built from one Settings object."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    def after_fork(self) -> None:
+        """Drop what the parent process made; called in each new pool child
+        (``worker_process_init``). The inherited engine is disposed without closing the
+        parent's connections."""
+        engine: Engine | None = self.__dict__.get("engine")
+        if engine is not None:
+            engine.dispose(close=False)
+        for name in ("engine", "uow", "redis", "locks", "downstream"):
+            self.__dict__.pop(name, None)
+
+    @cached_property
+    def engine(self) -> Engine:
+        assert self.settings.database_url, "DATABASE_URL is required"
+        return make_engine(self.settings.database_url)
+
+    @cached_property
+    def uow(self) -> PostgresUnitOfWork:
+        return PostgresUnitOfWork(self.engine)
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        assert self.settings.redis_url, "REDIS_URL is required"
+        return redis.Redis.from_url(self.settings.redis_url, socket_timeout=5,
+                                    socket_connect_timeout=5, health_check_interval=30)
+
+    @cached_property
+    def locks(self) -> RedisLocks:
+        return RedisLocks(self.redis, prefix=self.settings.lock_key_prefix,
+                          ttl=self.settings.lock_ttl)
+
+    @cached_property
+    def downstream(self) -> HttpDownstream:
+        return HttpDownstream(self.settings.downstream_token)

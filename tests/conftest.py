@@ -1,0 +1,78 @@
+"""Session-wide real services for the integration and end-to-end tests.
+
+Unit tests (tests/unit) need none of this and never touch the fixtures below.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.downstream_server import ScriptedDownstream
+from tests.support.services import test_postgres, test_redis
+
+API_TOKEN = "test-token-" + uuid.uuid4().hex[:8]
+DOWNSTREAM_TOKEN = "downstream-" + uuid.uuid4().hex[:8]
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    from db.migrate import upgrade
+
+    with test_postgres(os.environ.get("TEST_DATABASE_URL")) as url:
+        upgrade(url)
+        yield url
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    with test_redis(os.environ.get("TEST_REDIS_URL")) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def downstream() -> Iterator[ScriptedDownstream]:
+    server = ScriptedDownstream().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+def make_env(database_url: str, redis_url: str, downstream: ScriptedDownstream,
+             **overrides: Any) -> dict[str, str]:
+    """The environment of an orchestrator process in the tests: its own queue and lock
+    prefix, the scripted downstream, short limits (all through configuration)."""
+    tag = uuid.uuid4().hex[:8]
+    env = {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "CELERY_QUEUE": f"orch-test-{tag}",
+        "LOCK_KEY_PREFIX": f"orch-test-{tag}:job:lock:",
+        "DOWNSTREAM_TOKEN": DOWNSTREAM_TOKEN,
+        "ORCHESTRATOR_API_TOKENS": f"{API_TOKEN},second-token",
+        "PLANNING_TIMEOUT": "10", "PARSING_TIMEOUT": "10", "ENRICHING_TIMEOUT": "10",
+        "COSTING_TIMEOUT": "10",
+        "HARD_TIMEOUT_GRACE": "5",
+        "RETRY_BACKOFF_BASE": "0.2", "RETRY_BACKOFF_MAX": "2", "RETRY_JITTER": "false",
+        "LOCK_TTL": "6", "RECOVERY_INTERVAL": "1", "RECOVERY_STALE_AFTER": "6",
+        "WORKER_CONCURRENCY": "2",
+        "LOG_LEVEL": "INFO",
+        **downstream.env(),
+    }
+    env.update({k: str(v) for k, v in overrides.items()})
+    return env
+
+
+@pytest.fixture(scope="session")
+def orchestrator_env(database_url: str, redis_url: str,
+                     downstream: ScriptedDownstream) -> dict[str, str]:
+    return make_env(database_url, redis_url, downstream)
