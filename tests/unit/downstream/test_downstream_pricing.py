@@ -1,0 +1,161 @@
+"""ENRICHING and COSTING: catalog prices, unpriced reasons, totals by hand."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from downstream.costing import cost_resources
+from downstream.plan import parse_plan
+from downstream.price_catalog import catalog_from_json, load_catalog
+from downstream.pricing import enrich_resource
+from downstream.samples import load_sample
+
+CATALOG = load_catalog()
+
+
+def enriched(sample: str) -> list[dict[str, Any]]:
+    return [enrich_resource(r, CATALOG) for r in parse_plan(load_sample(sample))["resources"]]
+
+
+def rows(result: dict[str, Any]) -> dict[str, tuple[float, float, bool]]:
+    return {r["address"]: (r["monthly_cost_before"], r["monthly_cost_after"], r["priced"])
+            for r in result["resources"]}
+
+
+@pytest.mark.parametrize("key, price, unit", [
+    ("ec2:t3.medium", "0.0416", "hour"),
+    ("ec2:m5.xlarge", "0.192", "hour"),
+    ("ebs:gp3:storage", "0.08", "GB-month"),
+    ("ebs:io1:iops", "0.065", "IOPS-month"),
+    ("rds:mysql:db.t3.micro:single-az", "0.017", "hour"),
+    ("nat:hour", "0.045", "hour"),
+    ("lb:application:hour", "0.0225", "hour"),
+    ("lambda:requests", "0.20", "1M requests"),
+])
+def test_catalog_prices(key: str, price: str, unit: str) -> None:
+    entry = CATALOG.get(key)
+    assert entry is not None
+    assert (entry.unit_price, entry.unit) == (Decimal(price), unit)
+    assert entry.source.endswith(")") or "derived" in entry.source
+
+
+def test_catalog_has_no_invented_numbers() -> None:
+    for absent in ("rds:postgres:db.t3.medium:single-az", "ec2:r5.large", "lb:network:hour",
+                   "ebs:io2:storage", "lb:classic:hour"):
+        assert CATALOG.get(absent) is None
+    assert CATALOG.describe() == {"name": "aws_us_east_1", "currency": "USD",
+                                  "region": "us-east-1", "hours_per_month": 730,
+                                  "provider": "registry.terraform.io/hashicorp/aws"}
+
+
+def test_catalog_entry_without_source_is_rejected() -> None:
+    raw = {"provider": "p/q", "region": "r", "currency": "USD", "hours_per_month": 730,
+           "sources": {}, "prices": {"x": {"price": "1", "unit": "hour", "source": "nope",
+                                           "date": "2026-01-01"}}}
+    with pytest.raises(ValueError, match="catalog entry 'x' is invalid"):
+        catalog_from_json(raw, "bad")
+
+
+def test_update_prices_both_instance_types_as_separate_components() -> None:
+    app = {r["address"]: r for r in enriched("resize-instance")}["aws_instance.app"]
+    lines = {c["name"]: c for c in app["pricing"]["components"]}
+
+    old = lines["Instance usage (Linux, on-demand, m5.large)"]
+    new = lines["Instance usage (Linux, on-demand, m5.xlarge)"]
+    assert (old["unit_price"], old["quantity_before"], old["quantity_after"]) == (0.096, 730, 0)
+    assert (new["unit_price"], new["quantity_before"], new["quantity_after"]) == (0.192, 0, 730)
+    assert "karpenter" in new["source"] and "2026-07-20" in new["source"]
+
+
+def test_usage_based_components_are_zero_quantity_and_say_so() -> None:
+    resources = {r["address"]: r for r in enriched("web-stack")}
+    for address in ("aws_s3_bucket.assets", "aws_lambda_function.thumbnailer"):
+        pricing = resources[address]["pricing"]
+        assert pricing["priced"] is True
+        assert all(c["usage_based"] and c["quantity_after"] == 0 for c in pricing["components"])
+    duration = resources["aws_lambda_function.thumbnailer"]["pricing"]["components"][1]
+    assert (duration["name"], duration["unit_price"]) == (
+        "Lambda duration (arm64, 512 MB)", 0.0000133334)
+
+
+@pytest.mark.parametrize("sample, address, reason", [
+    ("web-stack", "aws_db_instance.main",
+     "no catalog price for RDS postgres db.t3.medium (Single-AZ)"),
+    ("web-stack", "aws_eip.nat", "resource type aws_eip is not in the catalog"),
+    ("teardown", "aws_instance.canary",
+     "instance_type is known only after apply, so the cost is unknown"),
+    ("teardown", "aws_s3_bucket.replica",
+     "region us-west-2 is not covered: the catalog has prices for us-east-1 only"),
+])
+def test_unpriced_resources_have_a_reason(sample: str, address: str, reason: str) -> None:
+    pricing = {r["address"]: r for r in enriched(sample)}[address]["pricing"]
+    assert pricing == {"priced": False, "components": [], "unpriced_reason": reason,
+                       "notes": []}
+
+
+def test_other_providers_are_unpriced_not_errors() -> None:
+    resource = {"address": "google_compute_instance.vm", "type": "google_compute_instance",
+                "provider": "registry.terraform.io/hashicorp/google", "region": "europe-west1",
+                "action": "create", "before": None, "after": {"machine_type": "e2-small"}}
+    pricing = enrich_resource(resource, CATALOG)["pricing"]
+    assert pricing["priced"] is False
+    assert pricing["unpriced_reason"].startswith(
+        "provider registry.terraform.io/hashicorp/google is not covered")
+
+
+def test_web_stack_costs() -> None:
+    # 2 x (t3.medium 0.0416 x 730 + 20 GB gp3 x 0.08) = 2 x 31.97; NAT 0.045 x 730 = 32.85;
+    # ALB 0.0225 x 730 = 16.425 -> 16.43. RDS postgres and the EIP are unpriced.
+    result = cost_resources(enriched("web-stack"))
+    assert (result["monthly_cost_before"], result["monthly_cost_after"],
+            result["monthly_cost_delta"], result["unpriced_count"]) == (0.0, 113.22, 113.22, 2)
+    table = rows(result)
+    assert table["module.web.aws_instance.web[0]"] == (0.0, 31.97, True)
+    assert table["aws_nat_gateway.main"] == (0.0, 32.85, True)
+    assert table["aws_lb.app"] == (0.0, 16.43, True)
+    assert table["aws_db_instance.main"] == (0.0, 0.0, False)
+    assert result["currency"] == "USD" and result["result_reference"].startswith("result-")
+    assert len(result["resources"]) == 14
+
+
+def test_resize_costs() -> None:
+    # m5.large 70.08 + 30 GB gp3 2.40 -> m5.xlarge 140.16 + 2.40; 200 GB gp2 20.00 -> gp3 16.00;
+    # the no-op NAT gateway 32.85 on both sides.
+    result = cost_resources(enriched("resize-instance"))
+    assert (result["monthly_cost_before"], result["monthly_cost_after"],
+            result["monthly_cost_delta"], result["unpriced_count"]) == (125.33, 191.41, 66.08, 0)
+    table = rows(result)
+    assert table["aws_instance.app"] == (72.48, 142.56, True)
+    assert table["aws_ebs_volume.data"] == (20.0, 16.0, True)
+    assert table["aws_nat_gateway.egress"] == (32.85, 32.85, True)
+    assert table["aws_security_group.app"] == (0.0, 0.0, True)
+
+
+def test_teardown_costs() -> None:
+    # delete t3.small 15.184 + 8 GB gp2 0.80 = 15.98; delete RDS mysql db.t3.micro 12.41 +
+    # 20 GB 2.30 = 14.71; replace c5.large 62.05 + 16 GB gp2 1.60 = 63.65 on both sides;
+    # replace 100 GB gp2 10.00 -> 100 GB io1 12.50 + 1000 IOPS 65.00 = 77.50.
+    result = cost_resources(enriched("teardown"))
+    assert (result["monthly_cost_before"], result["monthly_cost_after"],
+            result["monthly_cost_delta"], result["unpriced_count"]) == (104.34, 141.15, 36.81, 2)
+    table = rows(result)
+    assert table['aws_instance.legacy["batch"]'] == (15.98, 0.0, True)
+    assert table["module.reporting.module.db.aws_db_instance.reports"] == (14.71, 0.0, True)
+    assert table["aws_instance.worker"] == (63.65, 63.65, True)
+    assert table["aws_ebs_volume.scratch"] == (10.0, 77.5, True)
+
+
+def test_result_reference_is_deterministic() -> None:
+    assert (cost_resources(enriched("teardown"))["result_reference"]
+            == cost_resources(enriched("teardown"))["result_reference"])
+
+
+def test_forget_keeps_its_cost_and_rounding_is_half_up() -> None:
+    forgotten = {"address": "aws_nat_gateway.n", "type": "aws_nat_gateway", "action": "forget",
+                 "pricing": {"priced": True, "unpriced_reason": None, "components": [
+                     {"unit_price": 0.0225, "quantity_before": 730, "quantity_after": 0}]}}
+    row = cost_resources([forgotten])["resources"][0]
+    assert (row["monthly_cost_before"], row["monthly_cost_after"]) == (16.43, 16.43)
