@@ -1,0 +1,97 @@
+"""The product started as a user starts it (`orchestrator api`, a worker), driven over
+HTTP: the happy path, a start race, and the operator's CLI view."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import API_TOKEN, make_env
+from tests.support.processes import start_api, start_worker, wait_for
+from tests.support.services import free_port
+
+pytestmark = pytest.mark.integration
+HEADERS = {"Authorization": f"Bearer {API_TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def stack(database_url, redis_url, downstream, log_dir):
+    env = make_env(database_url, redis_url, downstream)
+    port = free_port()
+    api = start_api(env, log_dir, port)
+    worker = start_worker("e2e-worker", env, log_dir)
+    yield f"http://127.0.0.1:{port}", env, api, worker
+    worker.stop()
+    api.stop()
+
+
+def wait_terminal(base: str, job_id: object, timeout: float = 30) -> dict:
+    def terminal():
+        job = requests.get(f"{base}/internal/jobs/{job_id}", headers=HEADERS, timeout=5).json()
+        return job if job["current_state"] in ("COMPLETED", "FAILED") else None
+
+    return wait_for(terminal, timeout, f"job {job_id} to end", interval=0.02)
+
+
+def test_a_job_completes_over_http(stack, downstream):
+    base, _, api, _ = stack
+    job_id = uuid.uuid4()
+    started = time.monotonic()
+    response = requests.post(f"{base}/internal/jobs/{job_id}/start", json={"input": {"n": 1}},
+                             headers={**HEADERS, "X-Correlation-ID": "e2e-1"}, timeout=10)
+    assert response.status_code == 202, response.text
+    job = wait_terminal(base, job_id)
+    print(f"\nend-to-end latency with an instant downstream: "
+          f"{(time.monotonic() - started) * 1000:.0f} ms")
+    assert job["current_state"] == "COMPLETED"
+    assert len(job["transitions"]) == 5
+    assert [c.headers["X-Correlation-ID"] for c in downstream.calls_for(job_id)] == ["e2e-1"] * 4
+    assert api.has_event("job.transition", job_id=str(job_id), correlation_id="e2e-1",
+                         to_state="PLANNING")
+
+
+def test_many_concurrent_starts_of_one_new_job_start_it_once(stack, downstream):
+    base, _, _, _ = stack
+    job_id = uuid.uuid4()
+
+    def start(_):
+        return requests.post(f"{base}/internal/jobs/{job_id}/start", headers=HEADERS,
+                             timeout=30).status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        statuses = list(pool.map(start, range(16)))
+    assert sorted(statuses) == [200] * 15 + [202]
+    job = wait_terminal(base, job_id)
+    assert job["current_state"] == "COMPLETED"
+    # One chain: each stage called once, one transition into PLANNING
+    assert [c.stage for c in downstream.calls_for(job_id)] == [
+        "PLANNING", "PARSING", "ENRICHING", "COSTING"]
+    assert [t["to_state"] for t in job["transitions"]].count("PLANNING") == 1
+
+
+def test_the_operator_sees_the_job_from_the_cli(stack):
+    base, env, _, _ = stack
+    job_id = uuid.uuid4()
+    requests.post(f"{base}/internal/jobs/{job_id}/start", headers=HEADERS, timeout=10)
+    wait_terminal(base, job_id)
+    cli = [str(Path(sys.executable).parent / "orchestrator"), "jobs"]
+    shown = subprocess.run([*cli, "show", str(job_id)], env=env, capture_output=True,
+                           text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert "state      COMPLETED (from COSTING)" in shown.stdout
+    for stage in ("PLANNING", "PARSING", "ENRICHING", "COSTING"):
+        assert f"{stage}" in shown.stdout
+    assert shown.stdout.count("SUCCESS") == 4
+    listed = subprocess.run([*cli, "list", "--state", "COMPLETED"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert str(job_id) in listed.stdout
+    missing = subprocess.run([*cli, "show", str(uuid.uuid4())], env=env, capture_output=True,
+                             text=True, timeout=60)
+    assert missing.returncode == 1 and "not found" in missing.stderr

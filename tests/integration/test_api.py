@@ -1,0 +1,181 @@
+"""Every status code of the internal API's contract, against real PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from tests.conftest import API_TOKEN
+
+JOB_ROUTES = [("post", "/internal/jobs/{id}/start"), ("post", "/internal/jobs/{id}/fail"),
+              ("get", "/internal/jobs/{id}/state"), ("get", "/internal/jobs/{id}"),
+              ("get", "/internal/jobs"), ("get", "/internal/openapi.json")]
+
+
+def error_of(response):
+    body = response.get_json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    assert response.content_type == "application/json"
+    return body["error"]
+
+
+@pytest.mark.parametrize(("method", "path"), JOB_ROUTES)
+@pytest.mark.parametrize("header", [None, "Bearer wrong", f"Basic {API_TOKEN}", "Bearer "])
+def test_internal_routes_need_a_valid_bearer_token(app_client, method, path, header):
+    headers = {"Authorization": header} if header else {}
+    response = getattr(app_client, method)(path.format(id=uuid.uuid4()), headers=headers)
+    assert response.status_code == 401
+    assert error_of(response)["code"] == "unauthorized"
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_every_configured_token_is_accepted(app_client):
+    for token in (API_TOKEN, "second-token"):
+        response = app_client.get("/internal/jobs", headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 200
+
+
+def test_health_routes_need_no_token(app_client):
+    assert app_client.get("/healthz").get_json() == {"status": "ok"}
+    ready = app_client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.get_json() == {"status": "ready",
+                                "checks": {"postgresql": "ok", "redis": "ok"}}
+    metrics = app_client.get("/metrics")
+    assert metrics.status_code == 200
+    assert b'orchestrator_jobs{state="COMPLETED"}' in metrics.data
+
+
+@pytest.mark.parametrize(("method", "path"), JOB_ROUTES[:4])
+def test_a_job_id_that_is_not_a_uuid_is_400(api, method, path):
+    response = getattr(api.client, method)(path.format(id="not-a-uuid"), headers=api.headers,
+                                           json={"error_message": "x"})
+    assert response.status_code == 400
+    assert error_of(response)["code"] == "invalid_job_id"
+
+
+def test_unknown_job_is_404(api):
+    unknown = uuid.uuid4()
+    for path in (f"/internal/jobs/{unknown}/state", f"/internal/jobs/{unknown}"):
+        assert error_of(api.get(path))["code"] == "job_not_found"
+        assert api.get(path).status_code == 404
+    assert api.fail(unknown).status_code == 404
+
+
+def test_unknown_route_and_wrong_method_are_json(api):
+    assert error_of(api.get("/nope"))["code"] == "not_found"
+    response = api.client.delete(f"/internal/jobs/{uuid.uuid4()}", headers=api.headers)
+    assert response.status_code == 405
+    assert error_of(response)["code"] == "method_not_allowed"
+
+
+@pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b'"text"', b'{"input": [1]}',
+                                  b'{"input": {}, "extra": 1}'])
+def test_start_with_a_malformed_body_is_400_and_creates_nothing(api, body):
+    job_id = uuid.uuid4()
+    response = api.client.post(f"/internal/jobs/{job_id}/start", data=body,
+                               headers={**api.headers, "Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert error_of(response)["code"] == "invalid_body"
+    assert api.get(f"/internal/jobs/{job_id}/state").status_code == 404
+
+
+def test_bodies_over_64_kib_are_413(api):
+    big = {"input": {"blob": "x" * (64 * 1024)}}
+    response = api.client.post(f"/internal/jobs/{uuid.uuid4()}/start", json=big,
+                               headers=api.headers)
+    assert response.status_code == 413
+    assert error_of(response)["code"] == "request_entity_too_large"
+
+
+@pytest.mark.parametrize("body", [{}, {"error_message": ""}, {"error_message": "   "},
+                                  {"error_message": 5}, {"error_message": "x" * 4097},
+                                  {"error_message": "x", "other": 1}])
+def test_fail_needs_a_message_of_at_most_4096_characters(api, body):
+    job_id = uuid.uuid4()
+    api.start(job_id)
+    response = api.client.post(f"/internal/jobs/{job_id}/fail", json=body, headers=api.headers)
+    assert response.status_code == 400
+    assert error_of(response)["code"] == "invalid_body"
+    api.fail(job_id)
+
+
+def test_start_is_202_then_200_then_409_once_terminal(api):
+    job_id = uuid.uuid4()
+    first = api.start(job_id)
+    assert first.status_code == 202
+    state = first.get_json()
+    assert state["current_state"] == "PLANNING" and state["previous_state"] == "UPLOADED"
+    again = api.start(job_id, {"ignored": True})
+    assert again.status_code == 200
+    assert again.get_json()["job_id"] == str(job_id)
+    failed = api.fail(job_id, "stop it")
+    assert failed.status_code == 200
+    assert failed.get_json()["current_state"] == "FAILED"
+    assert failed.get_json()["error_message"] == "stop it"
+    late = api.start(job_id)
+    assert late.status_code == 409
+    assert error_of(late)["code"] == "job_terminal"
+    assert api.fail(job_id).status_code == 409
+
+
+def test_state_has_exactly_the_contract_fields(api):
+    job_id = uuid.uuid4()
+    api.start(job_id)
+    state = api.get(f"/internal/jobs/{job_id}/state").get_json()
+    assert set(state) == {"job_id", "current_state", "previous_state", "retry_count",
+                          "error_message", "created_at", "updated_at", "started_at",
+                          "completed_at", "plan_reference", "result_reference"}
+    assert state["created_at"].endswith("Z") and state["started_at"].endswith("Z")
+    api.fail(job_id)
+
+
+def test_correlation_id_is_kept_or_made(api):
+    response = api.get("/internal/jobs")
+    assert len(response.headers["X-Correlation-ID"]) == 36
+    kept = api.client.get("/internal/jobs", headers={**api.headers,
+                                                     "X-Correlation-ID": "req-42"})
+    assert kept.headers["X-Correlation-ID"] == "req-42"
+
+
+def test_list_pages_newest_first_with_a_cursor_and_a_state_filter(api):
+    ids = [uuid.uuid4() for _ in range(5)]
+    for job_id in ids:
+        api.start(job_id)
+        api.fail(job_id, "listed")
+    seen, cursor = [], None
+    while True:
+        query = "state=FAILED&limit=2" + (f"&cursor={cursor}" if cursor else "")
+        page = api.get(f"/internal/jobs?{query}").get_json()
+        assert len(page["jobs"]) <= 2
+        assert all(j["current_state"] == "FAILED" for j in page["jobs"])
+        seen += [j["job_id"] for j in page["jobs"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    mine = [s for s in seen if uuid.UUID(s) in ids]
+    assert mine == [str(i) for i in reversed(ids)]
+    assert len(seen) == len(set(seen))
+
+
+@pytest.mark.parametrize("query", ["state=DONE", "limit=0", "limit=201", "limit=x",
+                                   "cursor=garbage!"])
+def test_list_rejects_bad_parameters(api, query):
+    response = api.get(f"/internal/jobs?{query}")
+    assert response.status_code == 400
+    error_of(response)
+
+
+def test_the_api_refuses_to_start_without_tokens(settings):
+    from dataclasses import replace
+
+    from api.app import create_app
+    from orchestrator.errors import ConfigError
+
+    with pytest.raises(ConfigError) as raised:
+        create_app(replace(settings, api_tokens=()), enqueuer=lambda *a: None)
+    assert raised.value.variable == "ORCHESTRATOR_API_TOKENS"
+    open_app = create_app(replace(settings, api_tokens=(), auth_disabled=True),
+                          enqueuer=lambda *a: None)
+    assert open_app.test_client().get("/internal/jobs").status_code == 200
