@@ -16,6 +16,7 @@ from downstream.errors import BadRequest, InvalidStageInput
 from downstream.plan import parse_plan
 from downstream.price_catalog import PriceCatalog
 from downstream.pricing import enrich_resource
+from downstream.samples import load_sample
 from downstream.store import PlanStore, parse_plan_bytes, read_plan_file
 
 
@@ -29,7 +30,7 @@ class Services:
 
 
 def planning(stage_input: dict[str, Any], services: Services) -> dict[str, Any]:
-    """Store the plan (inline ``plan`` or a ``plan_path``) and return its reference.
+    """Store the plan (``plan``, ``plan_path`` or ``sample``) and return its reference.
 
     Cheap on purpose: the plan is checked to be a JSON object and nothing deeper;
     PARSING does the real validation.
@@ -80,17 +81,22 @@ STAGE_HANDLERS: dict[str, Callable[[dict[str, Any], Services], dict[str, Any]]] 
 
 
 def _plan_from_input(stage_input: dict[str, Any], max_bytes: int) -> dict[str, Any]:
-    """The plan document from ``input.plan`` or ``input.plan_path`` (exactly one)."""
-    has_plan = stage_input.get("plan") is not None
-    has_path = stage_input.get("plan_path") is not None
-    if has_plan == has_path:
+    """The plan from ``input.plan``, ``input.plan_path`` or ``input.sample`` (exactly one).
+
+    ``sample`` names one of the bundled sample plans, so a demo can run a job without
+    sending the document or sharing a filesystem with this service.
+    """
+    given = [key for key in ("plan", "plan_path", "sample") if stage_input.get(key) is not None]
+    if len(given) != 1:
         raise BadRequest(
-            "PLANNING needs exactly one of input.plan (the `terraform show -json` document) "
-            "and input.plan_path (a file this service can read)"
-            + ("; both were given" if has_plan else "")
+            "PLANNING needs exactly one of input.plan (the `terraform show -json` document), "
+            "input.plan_path (a file this service can read) and input.sample (a bundled "
+            "sample's name)" + (f"; got {', '.join(given)}" if given else "")
         )
-    if has_path:
+    if given[0] == "plan_path":
         return read_plan_file(stage_input["plan_path"], max_bytes)
+    if given[0] == "sample":
+        return _sample(stage_input["sample"])
     plan = stage_input["plan"]
     if isinstance(plan, str):
         return parse_plan_bytes(plan.encode("utf-8"), "input.plan")
@@ -100,6 +106,14 @@ def _plan_from_input(stage_input: dict[str, Any], max_bytes: int) -> dict[str, A
             "not a JSON object"
         )
     return plan
+
+
+def _sample(name: Any) -> dict[str, Any]:
+    """A bundled sample plan by name, or a 400 listing the names."""
+    try:
+        return load_sample(str(name))
+    except KeyError as exc:
+        raise BadRequest(f"input.sample: {exc.args[0]}") from None
 
 
 def _resources(stage_input: dict[str, Any], stage: str, previous: str) -> list[Any]:

@@ -69,7 +69,8 @@ def test_planning_from_a_path_is_idempotent_and_matches_the_inline_plan(
 ) -> None:
     by_path = call(client, "PLANNING", {"plan_path": str(sample_path("teardown"))}).get_json()
     inline = call(client, "PLANNING", {"plan": load_sample("teardown")}, attempt=2).get_json()
-    assert by_path["plan_reference"] == inline["plan_reference"]
+    named = call(client, "PLANNING", {"sample": "teardown"}, attempt=3).get_json()
+    assert by_path["plan_reference"] == inline["plan_reference"] == named["plan_reference"]
 
 
 def test_planning_reads_utf16_files(client: FlaskClient, tmp_path: Path) -> None:
@@ -87,8 +88,14 @@ def test_malformed_plan_passes_planning_and_fails_parsing(client: FlaskClient) -
 
 
 @pytest.mark.parametrize("stage_input, status, message", [
-    ({}, 400, "PLANNING needs exactly one of input.plan (the `terraform show -json` document) "
-              "and input.plan_path (a file this service can read)"),
+    ({}, 400, "PLANNING needs exactly one of input.plan (the `terraform show -json` document), "
+              "input.plan_path (a file this service can read) and input.sample (a bundled "
+              "sample's name)"),
+    ({"plan": {}, "sample": "teardown"}, 400, "PLANNING needs exactly one of input.plan (the "
+     "`terraform show -json` document), input.plan_path (a file this service can read) and "
+     "input.sample (a bundled sample's name); got plan, sample"),
+    ({"sample": "nope"}, 400, "input.sample: unknown sample plan 'nope'; known: web-stack, "
+                              "resize-instance, teardown, malformed"),
     ({"plan_path": "/nonexistent/plan.json"}, 400,
      "input.plan_path '/nonexistent/plan.json' cannot be read: No such file or directory"),
     ({"plan": [1]}, 422, "input.plan is not a Terraform plan: it is a list, not a JSON object"),
