@@ -76,13 +76,6 @@ SCHEMAS: dict[str, Any] = {
             "completed_at": _TS,
             "duration_ms": {"type": ["integer", "null"]},
             "error_message": {"type": ["string", "null"]}}},
-    "JobDetail": {"allOf": [_ref("JobState"), {
-        "type": "object", "required": ["transitions", "stages", "result"],
-        "properties": {
-            "transitions": {"type": "array", "items": _ref("Transition")},
-            "stages": {"type": "array", "items": _ref("StageAttempt")},
-            "result": {"type": ["object", "null"],
-                       "description": "COSTING's output once COMPLETED, else null"}}}]},
     "JobList": {
         "type": "object", "required": ["jobs", "next_cursor"], "additionalProperties": False,
         "properties": {"jobs": {"type": "array", "items": _ref("JobState")},
@@ -102,6 +95,18 @@ SCHEMAS: dict[str, Any] = {
                              "checks": {"type": "object",
                                         "additionalProperties": {"type": "string"}}}},
 }
+
+# The detail is the state plus history; spelled out (not allOf) so that both can keep
+# additionalProperties false.
+SCHEMAS["JobDetail"] = {
+    "type": "object", "additionalProperties": False,
+    "required": [*SCHEMAS["JobState"]["required"], "transitions", "stages", "result"],
+    "properties": {
+        **SCHEMAS["JobState"]["properties"],
+        "transitions": {"type": "array", "items": _ref("Transition")},
+        "stages": {"type": "array", "items": _ref("StageAttempt")},
+        "result": {"type": ["object", "null"],
+                   "description": "COSTING's output once COMPLETED, else null"}}}
 
 
 def openapi_document() -> dict[str, Any]:

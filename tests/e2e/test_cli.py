@@ -1,0 +1,46 @@
+"""The command line as a user meets it: help everywhere, one clear line for a bad setting."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CLI = str(Path(sys.executable).parent / "orchestrator")
+COMMANDS = [[], ["migrate"], ["api"], ["worker"], ["recover"], ["jobs"], ["jobs", "list"],
+            ["jobs", "show"]]
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("DATABASE_", "REDIS_", "ORCHESTRATOR_", "PLANNING_"))}
+    return subprocess.run([CLI, *args], env={**clean, **(env or {})}, capture_output=True,
+                          text=True, timeout=60)
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_every_command_has_help(command):
+    result = run(*command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "Usage:" in result.stdout
+
+
+@pytest.mark.parametrize(("command", "env", "variable"), [
+    (["api"], {}, "DATABASE_URL"),
+    (["api"], {"DATABASE_URL": "postgresql://x/y", "REDIS_URL": "redis://x"},
+     "ORCHESTRATOR_API_TOKENS"),
+    (["worker"], {"DATABASE_URL": "postgresql://x/y", "REDIS_URL": "redis://x",
+                  "PLANNING_TIMEOUT": "soon"}, "PLANNING_TIMEOUT"),
+    (["migrate"], {"DATABASE_URL": "mysql://x/y"}, "DATABASE_URL"),
+    (["recover"], {"DATABASE_URL": "postgresql://x/y", "REDIS_URL": "redis://x",
+                   "RETRY_JITTER": "sometimes"}, "RETRY_JITTER"),
+    (["jobs", "list"], {"LOCK_TTL": "-1"}, "LOCK_TTL"),
+])
+def test_a_wrong_setting_exits_nonzero_with_one_line_naming_it(command, env, variable):
+    result = run(*command, env=env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and variable in lines[0], result.stderr
