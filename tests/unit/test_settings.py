@@ -131,9 +131,6 @@ def test_bad_value_raises_config_error_naming_the_variable(variable: str, value:
     assert variable in str(info.value)
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception,
-                   reason="BUG: ports are only checked >= 1; 65536+ is accepted and fails "
-                          "later instead of stopping start-up naming the variable")
 @pytest.mark.parametrize("variable", ["ORCHESTRATOR_PORT", "DOWNSTREAM_PORT"])
 def test_port_above_65535_is_rejected(variable: str) -> None:
     with pytest.raises(ConfigError) as info:

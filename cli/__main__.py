@@ -1,0 +1,5 @@
+"""``python -m cli`` is ``orchestrator``."""
+
+from cli.main import main
+
+main()
