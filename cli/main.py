@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+import uuid
 from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
@@ -98,6 +100,63 @@ def recover() -> None:
     configure_logging(settings.log_level)
     resumed = recovery_pass(create_celery_app(settings))
     click.echo(f"resumed {resumed} job(s)")
+
+
+@main.command()
+@clear_errors
+def downstream() -> None:
+    """Serve the reference downstream services on DOWNSTREAM_PORT (default 8002)."""
+    from cli.serve import serve
+    from downstream import DownstreamConfig, create_app
+
+    settings = settings_from_env()
+    try:
+        config = DownstreamConfig.from_env(os.environ)
+    except ValueError as exc:
+        raise ConfigError("DOWNSTREAM", str(exc)) from exc
+    configure_logging(settings.log_level)
+    serve(lambda: create_app(config), host=settings.api_host, port=settings.downstream_port,
+          workers=2)
+
+
+@main.command()
+@clear_errors
+def up() -> None:
+    """Run everything in the foreground: embedded PostgreSQL and Redis when DATABASE_URL /
+    REDIS_URL are unset, migrations, the reference services, a worker and the API.
+    Ctrl-C stops it all."""
+    from cli.stack import local_stack
+
+    with local_stack(log_dir=None) as stack:
+        for note in stack.notes:
+            click.echo(note)
+        click.echo(f"API         {stack.api_url}   token: {stack.api_token or '(auth off)'}")
+        click.echo(f"Downstream  {stack.downstream_url}")
+        example = uuid.uuid4()
+        click.echo("Try:")
+        click.echo(f"  curl -X POST {stack.api_url}/internal/jobs/{example}/start \\\n"
+                   f"       -H 'Authorization: Bearer {stack.api_token}' \\\n"
+                   f"       -H 'Content-Type: application/json' "
+                   f"-d '{{\"input\": {{\"sample\": \"web-stack\"}}}}'")
+        click.echo(f"  curl -H 'Authorization: Bearer {stack.api_token}' "
+                   f"{stack.api_url}/internal/jobs/{example}")
+        click.echo("Ctrl-C to stop.")
+        try:
+            while all(c.proc.poll() is None for c in stack.children):
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            click.echo("stopping…")
+
+
+@main.command()
+@clear_errors
+def demo() -> None:
+    """Push the sample Terraform plans through every stage on a local stack, with live
+    progress, then print each job's transitions and cost summary. Exits 0 when every job
+    ended as expected."""
+    from cli.demo import run_demo
+
+    sys.exit(run_demo())
 
 
 @main.group()
