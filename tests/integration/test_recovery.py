@@ -1,0 +1,73 @@
+"""Recovery resumes jobs nobody is running: after a crash between the API's commit and
+its enqueue, and after a worker is killed with SIGKILL in the middle of a stage."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+from api.app import create_app
+from orchestrator.settings import Settings
+from tests.conftest import make_env
+from tests.integration.conftest import HAPPY_PATH, Api, transitions
+from tests.support.downstream_server import Reply
+from tests.support.processes import start_worker, wait_for
+
+
+def test_a_job_committed_but_never_enqueued_is_resumed(settings, worker, api):
+    # Given an API whose process "dies" between the commit and the enqueue
+    def crash(*_):
+        raise ConnectionError("broker unreachable")
+
+    broken = Api(create_app(settings, enqueuer=crash).test_client())
+    job_id = uuid.uuid4()
+    assert broken.start(job_id).status_code == 202
+    assert api.job(job_id)["current_state"] == "PLANNING"
+
+    # When the workers' recovery passes run
+    # Then the job is found and completes, with no state skipped or entered twice
+    job = api.wait_state(job_id, "COMPLETED", "FAILED",
+                         timeout=settings.recovery_stale_after + 30)
+    assert transitions(job) == HAPPY_PATH
+    assert worker.has_event("recovery.resume", job_id=str(job_id), stage="PLANNING")
+
+
+def test_sigkill_during_a_stage_then_another_worker_finishes_the_job(
+        database_url, redis_url, downstream, log_dir):
+    # Given two workers on their own queue, and a PARSING service that hangs on attempt 1
+    env = make_env(database_url, redis_url, downstream)
+    settings = Settings.from_env(env)
+    api = Api(create_app(settings).test_client())
+    first = start_worker("kill-a", env, log_dir)
+    second = start_worker("kill-b", env, log_dir)
+    try:
+        job_id = uuid.uuid4()
+        hang = threading.Event()
+        downstream.script(job_id, "PARSING", {1: Reply(release=hang, hang_for=120)})
+        assert api.start(job_id).status_code == 202
+        wait_for(lambda: downstream.calls_for(job_id, "PARSING"), 30, "PARSING to start")
+        running = wait_for(
+            lambda: next((w for w in (first, second)
+                          if w.has_event("stage.started", job_id=str(job_id),
+                                         stage="PARSING")), None),
+            10, "the worker running PARSING")
+        survivor = second if running is first else first
+
+        # When the worker running PARSING is killed with SIGKILL, mid-call
+        running.kill()
+        hang.set()
+
+        # Then the survivor resumes the job once the lock has expired and completes it
+        job = api.wait_state(job_id, "COMPLETED", "FAILED",
+                             timeout=settings.lock_ttl + settings.recovery_stale_after + 30)
+        assert job["current_state"] == "COMPLETED", job
+        assert transitions(job) == HAPPY_PATH
+        parsing = [(s["attempt_number"], s["status"], s["error_message"])
+                   for s in job["stages"] if s["stage_name"] == "PARSING"]
+        assert parsing == [(1, "FAILED", "worker lost"), (2, "SUCCESS", None)]
+        assert [s["status"] for s in job["stages"]].count("SUCCESS") == 4
+        assert job["retry_count"] == 0  # a lost worker is not the service's failure
+        assert survivor.has_event("recovery.resume", job_id=str(job_id), stage="PARSING")
+    finally:
+        first.stop()
+        second.stop()
