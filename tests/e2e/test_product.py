@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from cli.embedded import free_port
 from tests.conftest import API_TOKEN, make_env
 from tests.support.processes import start_api, start_worker, wait_for
-from tests.support.services import free_port
 
 pytestmark = pytest.mark.integration
 HEADERS = {"Authorization": f"Bearer {API_TOKEN}"}
