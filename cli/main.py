@@ -83,8 +83,10 @@ def worker(celery_args: tuple[str, ...]) -> None:
     from tasks.factory import create_celery_app
 
     settings = settings_from_env()
+    configure_logging(settings.log_level)
     app = create_celery_app(settings)
-    app.worker_main(["worker", "--pool", "prefork",
+    # --quiet: no ASCII banner, so every line of the worker's output is JSON.
+    app.start(["--quiet", "worker", "--pool", "prefork",
                      "--concurrency", str(settings.worker_concurrency),
                      "--loglevel", settings.log_level, *celery_args])
 

@@ -60,6 +60,7 @@ def configure_logging(level: str = "INFO", stream: Any = None) -> None:
     handler.addFilter(_ContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    logging.captureWarnings(True)  # warnings become JSON lines too
     root.setLevel(level)
     for noisy in ("urllib3", "werkzeug", "kombu", "amqp"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

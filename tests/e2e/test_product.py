@@ -95,3 +95,23 @@ def test_the_operator_sees_the_job_from_the_cli(stack):
     missing = subprocess.run([*cli, "show", str(uuid.uuid4())], env=env, capture_output=True,
                              text=True, timeout=60)
     assert missing.returncode == 1 and "not found" in missing.stderr
+
+
+def test_logs_are_json_lines_with_the_standard_fields_and_no_secrets(stack):
+    from tests.conftest import DOWNSTREAM_TOKEN
+
+    base, _, api, worker = stack
+    job_id = uuid.uuid4()
+    requests.post(f"{base}/internal/jobs/{job_id}/start", headers=HEADERS, timeout=10)
+    wait_terminal(base, job_id)
+    for service in (api, worker):
+        text = service.log_path.read_text()
+        assert API_TOKEN not in text and DOWNSTREAM_TOKEN not in text
+        lines = [line for line in text.splitlines() if line.strip()]
+        assert lines and all(line.startswith("{") for line in lines), service.name
+        events = service.events()
+        assert len(events) == len(lines)
+        for event in events:
+            assert {"timestamp", "level", "event", "job_id", "correlation_id"} <= set(event)
+        job_lines = [e for e in events if e["job_id"] == str(job_id)]
+        assert job_lines and all(e["correlation_id"] for e in job_lines)

@@ -86,9 +86,8 @@ class Service:
 
 def start_worker(name: str, env: dict[str, str], log_dir: Path, concurrency: int = 2,
                  timeout: float = 60) -> Service:
-    argv = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "--pool", "prefork",
-            "--concurrency", str(concurrency), "--hostname", f"{name}@%h",
-            "--without-gossip", "--without-mingle", "--loglevel", "INFO"]
+    argv = [sys.executable, "-m", "cli", "worker", "--concurrency", str(concurrency),
+            "--hostname", f"{name}@%h", "--without-gossip", "--without-mingle"]
     service = Service(name, argv, env, log_dir)
     service.wait_event("worker.ready", timeout=timeout)
     return service
