@@ -20,7 +20,7 @@ from db.engine import make_engine
 from db.uow import PostgresUnitOfWork
 from orchestrator.errors import JobNotFound
 from orchestrator.logs import job_context
-from orchestrator.ports import Enqueuer
+from orchestrator.ports import Canceller, Enqueuer
 from orchestrator.service import fail_job, start_job
 from orchestrator.settings import Settings
 
@@ -47,7 +47,7 @@ def create_app(settings: Settings, *, enqueuer: Enqueuer | None = None,
     register_error_handlers(app)
     _register_auth(app, settings)
     _register_observability(app, metrics)
-    _register_jobs(app, uow, enqueuer)
+    _register_jobs(app, uow, enqueuer, getattr(enqueuer, "cancel", None))
     _register_health(app, uow, redis_client, metrics)
     return app
 
@@ -86,7 +86,8 @@ def _register_observability(app: Flask, metrics: Metrics) -> None:
         return response
 
 
-def _register_jobs(app: Flask, uow: PostgresUnitOfWork, enqueue: Enqueuer) -> None:
+def _register_jobs(app: Flask, uow: PostgresUnitOfWork, enqueue: Enqueuer,
+                   cancel: Canceller | None) -> None:
     def read(job_id: str, view: Callable[[Any], Any]) -> Any:
         with uow() as jobs:
             found = jobs.detail(parse.job_id(job_id))
@@ -107,7 +108,7 @@ def _register_jobs(app: Flask, uow: PostgresUnitOfWork, enqueue: Enqueuer) -> No
         ident = parse.job_id(job_id)
         message = parse.fail_message(request)
         with job_context(ident, g.correlation_id):
-            return jsonify(job_state(fail_job(uow, ident, message)))
+            return jsonify(job_state(fail_job(uow, ident, message, cancel=cancel)))
 
     @app.get("/internal/jobs/<job_id>/state")
     def state(job_id: str) -> Any:

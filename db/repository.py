@@ -131,14 +131,26 @@ class JobRepository:
             .where(se.job_id == job_id, se.stage_name == stage)).one()
         return AttemptCounts(total=row[0], failed=row[1], lost=row[2])
 
-    def start_attempt(self, job_id: UUID, stage: str, attempt: int,
-                      input: dict[str, Any]) -> None:
+    def start_attempt(self, job_id: UUID, stage: str, attempt: int, input: dict[str, Any],
+                      *, fence: int, task_id: str | None) -> None:
         self._close(and_(stage_executions.c.job_id == job_id,
                          stage_executions.c.stage_name == stage), WORKER_LOST)
         self.c.execute(stage_executions.insert().values(
             job_id=job_id, stage_name=stage, attempt_number=attempt,
             status=AttemptStatus.RUNNING.value, started_at=func.clock_timestamp(),
-            input_data=input))
+            input_data=input, fence=fence, celery_task_id=task_id))
+
+    def running_attempt(self, job_id: UUID, stage: str, task_id: str
+                        ) -> tuple[int, int, float] | None:
+        """(attempt number, fence, seconds since it started) of the attempt ``task_id`` is
+        running for ``stage``, if it is still open."""
+        se = stage_executions.c
+        row = self.c.execute(
+            select(se.attempt_number, se.fence,
+                   func.extract("epoch", func.clock_timestamp() - se.started_at))
+            .where(se.job_id == job_id, se.stage_name == stage, se.celery_task_id == task_id,
+                   se.status == AttemptStatus.RUNNING.value)).first()
+        return (row[0], row[1], float(row[2])) if row else None
 
     def finish_attempt(self, job_id: UUID, stage: str, attempt: int, *, success: bool,
                        output: dict[str, Any] | None = None, error: str | None = None) -> bool:
@@ -152,16 +164,18 @@ class JobRepository:
                     duration_ms=_ELAPSED_MS, output_data=output, error_message=error)
         ).rowcount == 1
 
-    def close_running_attempts(self, job_id: UUID, error: str) -> int:
-        return self._close(stage_executions.c.job_id == job_id, error)
+    def close_running_attempts(self, job_id: UUID, error: str) -> list[str]:
+        """Close every open attempt of the job; the Celery task ids that were running them."""
+        return [t for t in self._close(stage_executions.c.job_id == job_id, error) if t]
 
-    def _close(self, condition: Any, error: str) -> int:
+    def _close(self, condition: Any, error: str) -> list[str | None]:
         se = stage_executions.c
-        return self.c.execute(
+        return list(self.c.execute(
             update(stage_executions)
             .where(condition, se.status == AttemptStatus.RUNNING.value)
             .values(status=AttemptStatus.FAILED.value, completed_at=func.clock_timestamp(),
-                    duration_ms=_ELAPSED_MS, error_message=error)).rowcount
+                    duration_ms=_ELAPSED_MS, error_message=error)
+            .returning(se.celery_task_id)).scalars())
 
     def stage_input(self, job_id: UUID, state: State) -> dict[str, Any]:
         index = STAGE_STATES.index(state)

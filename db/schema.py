@@ -59,6 +59,8 @@ stage_executions = Table(
     Column("input_data", JSONB),
     Column("output_data", JSONB),
     Column("error_message", Text),
+    Column("celery_task_id", Text),
+    Column("fence", BigInteger),
     UniqueConstraint("job_id", "stage_name", "attempt_number"),
 )
 

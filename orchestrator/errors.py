@@ -9,6 +9,7 @@
     ├── FencedOut                   a compare-and-set found the job owned by someone else
     └── StageError                  a stage attempt failed
         ├── TransientStageError     worth retrying: connection, timeout, 408, 429, 5xx
+        │   └── StageTimeout        the attempt used up its stage's timeout
         └── PermanentStageError     retrying cannot help: other 4xx, bad body, missing field
 
 Errors carry data (``job_id``, ``stage``, …) rather than only prose, and causes are
@@ -81,6 +82,10 @@ class StageError(OrchestratorError):
 
 class TransientStageError(StageError):
     """Worth retrying: the service was unreachable, slow, throttled or broken for a while."""
+
+
+class StageTimeout(TransientStageError):
+    """The attempt ran out of its stage's time (HTTP read timeout or Celery's limits)."""
 
 
 class PermanentStageError(StageError):

@@ -53,8 +53,8 @@ def configure_logging(level: str = "INFO", stream: Any = None) -> None:
     """Send every logger's records, as JSON lines, to ``stream`` (stderr by default)."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter(
-        "%(levelname)s %(name)s %(message)s %(event)s %(job_id)s %(correlation_id)s",
-        rename_fields={"levelname": "level", "name": "logger"},
+        "%(levelname)s %(name)s %(process)d %(message)s %(event)s %(job_id)s %(correlation_id)s",
+        rename_fields={"levelname": "level", "name": "logger", "process": "pid"},
         timestamp=True,
     ))
     handler.addFilter(_ContextFilter())

@@ -13,7 +13,12 @@ import json
 from typing import Any
 
 from orchestrator.backoff import parse_retry_after
-from orchestrator.errors import PermanentStageError, StageError, TransientStageError
+from orchestrator.errors import (
+    PermanentStageError,
+    StageError,
+    StageTimeout,
+    TransientStageError,
+)
 from orchestrator.stages import StageSpec
 
 MAX_ERROR_TEXT = 300
@@ -85,3 +90,10 @@ def transport_error(spec: StageSpec, attempt: int, what: str) -> StageError:
     """A connection failure or timeout talking to the service: always transient."""
     return TransientStageError(
         f"{attempt_label(spec, attempt)}: {what} ({spec.definition.service})", stage=spec.name)
+
+
+def timeout_error(spec: StageSpec, attempt: int, detail: str = "") -> StageTimeout:
+    """The attempt used up its stage's timeout: transient, like any other."""
+    return StageTimeout(
+        f"{attempt_label(spec, attempt)}: timed out after {spec.timeout:g}s{detail} "
+        f"({spec.definition.service})", stage=spec.name)

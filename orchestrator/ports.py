@@ -38,15 +38,18 @@ class JobRepository(Protocol):
 
     def attempt_counts(self, job_id: UUID, stage: str) -> AttemptCounts: ...
 
-    def start_attempt(self, job_id: UUID, stage: str, attempt: int,
-                      input: dict[str, Any]) -> None:
+    def start_attempt(self, job_id: UUID, stage: str, attempt: int, input: dict[str, Any],
+                      *, fence: int, task_id: str | None) -> None:
         """Close this stage's RUNNING attempts as worker lost, then open ``attempt``."""
+
+    def running_attempt(self, job_id: UUID, stage: str, task_id: str
+                        ) -> tuple[int, int, float] | None: ...
 
     def finish_attempt(self, job_id: UUID, stage: str, attempt: int, *, success: bool,
                        output: dict[str, Any] | None = None,
                        error: str | None = None) -> bool: ...
 
-    def close_running_attempts(self, job_id: UUID, error: str) -> int: ...
+    def close_running_attempts(self, job_id: UUID, error: str) -> list[str]: ...
 
     def stage_input(self, job_id: UUID, state: State) -> dict[str, Any]: ...
 
@@ -81,10 +84,18 @@ class LockFactory(Protocol):
 
     def is_locked(self, job_id: UUID) -> bool: ...
 
+    def force_release(self, job_id: UUID) -> None:
+        """Delete the lock of a holder known to be dead (killed by the hard time limit)."""
+
 
 class Enqueuer(Protocol):
     def __call__(self, job_id: UUID, from_state: State, correlation_id: str | None) -> None:
         """Send the chain of stage tasks from ``from_state`` to the end."""
+
+
+class Canceller(Protocol):
+    def __call__(self, task_ids: list[str]) -> None:
+        """Stop the tasks running these ids now, wherever they run."""
 
 
 class Downstream(Protocol):

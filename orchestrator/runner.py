@@ -28,10 +28,15 @@ from typing import Any
 from uuid import UUID
 
 from orchestrator.backoff import retry_delay
-from orchestrator.errors import PermanentStageError, StageError, TransientStageError
+from orchestrator.errors import (
+    PermanentStageError,
+    StageError,
+    StageTimeout,
+    TransientStageError,
+)
 from orchestrator.logs import job_context, log_event
 from orchestrator.models import Job
-from orchestrator.outcomes import attempt_label, transport_error
+from orchestrator.outcomes import attempt_label, timeout_error
 from orchestrator.ports import Downstream, JobLock, LockFactory, UnitOfWork
 from orchestrator.settings import Settings
 from orchestrator.stages import StageSpec
@@ -75,7 +80,8 @@ class StageRunner:
     #: Exceptions meaning "this attempt's time is up" (Celery's SoftTimeLimitExceeded).
     timeout_errors: tuple[type[BaseException], ...] = ()
 
-    def run(self, job_id: UUID, state: State, correlation_id: str | None) -> Outcome:
+    def run(self, job_id: UUID, state: State, correlation_id: str | None,
+            task_id: str | None = None) -> Outcome:
         with job_context(job_id, correlation_id):
             with self.uow() as jobs:
                 job = jobs.get(job_id)
@@ -89,7 +95,7 @@ class StageRunner:
                 return Skipped("lock held by another worker")
             log_event(log, "lock.acquired", stage=state.value)
             try:
-                return self._run_locked(job, state, lock)
+                return self._run_locked(job, state, lock, task_id)
             finally:
                 if lock.release():
                     log_event(log, "lock.released", stage=state.value)
@@ -101,7 +107,8 @@ class StageRunner:
         log_event(log, "stage.skipped", reason=reason)
         return Skipped(reason)
 
-    def _run_locked(self, job: Job, state: State, lock: JobLock) -> Outcome:
+    def _run_locked(self, job: Job, state: State, lock: JobLock, task_id: str | None
+                    ) -> Outcome:
         spec = self.settings.stage(state)
         with self.uow() as jobs:
             fence = jobs.claim(job.job_id, state)
@@ -112,10 +119,12 @@ class StageRunner:
             if counts.lost >= self.settings.max_lost_attempts:
                 message = (f"{attempt_label(spec, attempt)}: gave up after "
                            f"{counts.lost} attempts ended with their worker lost")
-                jobs.start_attempt(job.job_id, state.value, attempt, {})
+                jobs.start_attempt(job.job_id, state.value, attempt, {}, fence=fence,
+                                   task_id=task_id)
                 return self._give_up(job, state, fence, attempt, message, jobs)
             stage_input = jobs.stage_input(job.job_id, state)
-            jobs.start_attempt(job.job_id, state.value, attempt, stage_input)
+            jobs.start_attempt(job.job_id, state.value, attempt, stage_input, fence=fence,
+                               task_id=task_id)
         log_event(log, "stage.started", stage=state.value, attempt=attempt, fence=fence)
         started = time.monotonic()
         heartbeat = Heartbeat(self, job.job_id, state, fence, lock)
@@ -123,7 +132,8 @@ class StageRunner:
             try:
                 output = self._call(spec, job, attempt, stage_input, started)
             except StageError as exc:
-                return self._attempt_failed(job, spec, fence, attempt, counts.failed, exc, started)
+                return self._attempt_failed(job, spec, fence, attempt, counts.failed, exc,
+                                            _ms(started))
         if heartbeat.lost.is_set():
             return self._skip("lock lost during the stage; result discarded")
         return self._advance(job, spec, fence, attempt, output, started)
@@ -134,7 +144,7 @@ class StageRunner:
             return self.downstream(spec, job.job_id, attempt, stage_input, job.correlation_id,
                                    spec.timeout - (time.monotonic() - started))
         except self.timeout_errors as exc:
-            raise transport_error(spec, attempt, f"timed out after {spec.timeout:g}s") from exc
+            raise timeout_error(spec, attempt) from exc
 
     def _advance(self, job: Job, spec: StageSpec, fence: int, attempt: int,
                  output: dict[str, Any], started: float) -> Outcome:
@@ -155,12 +165,39 @@ class StageRunner:
                   stage=spec.name, attempt=attempt)
         return Advanced(target)
 
+    def hard_timeout(self, job_id: UUID, state: State, correlation_id: str | None,
+                     task_id: str) -> Outcome:
+        """Celery's hard time limit killed the process running ``task_id``: close its
+        attempt as timed out and retry it like any transient error. Runs in the worker's
+        main process; the attempt's own fence guards every write, and the dead holder's
+        lock is deleted only once that write succeeded."""
+        spec = self.settings.stage(state)
+        with job_context(job_id, correlation_id):
+            with self.uow() as jobs:
+                job = jobs.get(job_id)
+                running = jobs.running_attempt(job_id, state.value, task_id)
+                counts = jobs.attempt_counts(job_id, state.value)
+            if job is None or running is None:
+                return self._skip("no open attempt for the timed-out task")
+            attempt, fence, elapsed = running
+            error = timeout_error(spec, attempt, " (hard time limit: worker process killed)")
+            outcome = self._attempt_failed(job, spec, fence, attempt, counts.failed, error,
+                                           int(elapsed * 1000))
+            if not isinstance(outcome, Skipped):
+                self.locks.force_release(job_id)
+                log_event(log, "lock.broken", stage=state.value,
+                          reason="its holder was killed by the hard time limit")
+            return outcome
+
     def _attempt_failed(self, job: Job, spec: StageSpec, fence: int, attempt: int,
-                        failed_before: int, exc: StageError, started: float) -> Outcome:
+                        failed_before: int, exc: StageError, duration_ms: int) -> Outcome:
         error = str(exc)
         failures = failed_before + 1
+        if isinstance(exc, StageTimeout):
+            log_event(log, "stage.timeout", logging.WARNING, stage=spec.name, attempt=attempt,
+                      duration_ms=duration_ms, error=error)
         log_event(log, "stage.failed", logging.WARNING, stage=spec.name, attempt=attempt,
-                  duration_ms=_ms(started), error=error, status=exc.status,
+                  duration_ms=duration_ms, error=error, status=exc.status,
                   transient=isinstance(exc, TransientStageError))
         if isinstance(exc, TransientStageError) and failures < spec.max_attempts:
             delay = retry_delay(failures, base=self.settings.retry_backoff_base,

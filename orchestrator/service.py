@@ -14,7 +14,7 @@ from uuid import UUID
 from orchestrator.errors import JobNotFound, JobTerminal
 from orchestrator.logs import job_context, log_event
 from orchestrator.models import CANCELLED, Job
-from orchestrator.ports import Enqueuer, LockFactory, UnitOfWork
+from orchestrator.ports import Canceller, Enqueuer, LockFactory, UnitOfWork
 from orchestrator.states import State
 
 log = logging.getLogger(__name__)
@@ -61,13 +61,14 @@ def start_job(uow: UnitOfWork, enqueue: Enqueuer, job_id: UUID, input: dict[str,
     return StartResult(job, started=True)
 
 
-def fail_job(uow: UnitOfWork, job_id: UUID, message: str, reason: str = "failed by operator"
-             ) -> Job:
+def fail_job(uow: UnitOfWork, job_id: UUID, message: str, *,
+             cancel: Canceller | None = None, reason: str = "failed by operator") -> Job:
     """Move a non-terminal job to FAILED now, whatever stage is in flight.
 
     The row is locked for the move, and the move changes the state a stage's writes are
-    conditioned on, so a stage finishing afterwards finds zero rows and stops quietly. Its
-    open attempt is closed here as cancelled.
+    conditioned on, so a stage finishing afterwards finds zero rows and writes nothing. Its
+    open attempt is closed here as cancelled, and its task is stopped through ``cancel``
+    rather than left running to its timeout.
     """
     with uow() as jobs:
         job = jobs.get(job_id, for_update=True)
@@ -77,12 +78,18 @@ def fail_job(uow: UnitOfWork, job_id: UUID, message: str, reason: str = "failed 
             raise JobTerminal(str(job_id), job.current_state.value)
         failed = jobs.move(job_id, job.current_state, State.FAILED, reason,
                            error_message=message)
-        closed = jobs.close_running_attempts(job_id, CANCELLED)
+        cancelled = jobs.close_running_attempts(job_id, CANCELLED)
     assert failed is not None  # the row was locked: nobody could move it meanwhile
     with job_context(job_id, job.correlation_id):
         log_event(log, "job.transition", from_state=job.current_state.value,
-                  to_state=State.FAILED.value, reason=reason, error=message,
-                  cancelled_attempts=closed)
+                  to_state=State.FAILED.value, reason=reason, error=message)
+        if cancelled and cancel is not None:
+            try:
+                cancel(cancelled)
+            except Exception as exc:  # the stage is fenced out anyway; it just runs longer
+                log_event(log, "job.cancel_failed", logging.WARNING, error=repr(exc))
+            else:
+                log_event(log, "job.cancel_sent", tasks=cancelled)
     return failed
 
 

@@ -30,15 +30,24 @@ def stage_chain(app: Celery, job_id: UUID, from_state: State, correlation_id: st
 
 
 class CeleryEnqueuer:
-    """:class:`orchestrator.ports.Enqueuer` on Celery: sends the chain from a state on."""
+    """:class:`orchestrator.ports.Enqueuer` on Celery: sends the chain from a state on;
+    :meth:`cancel` is the :class:`orchestrator.ports.Canceller`."""
 
     def __init__(self, app: Celery):
         self.app = app
 
-    def __call__(self, job_id: UUID, from_state: State, correlation_id: str | None) -> None:
+    def __call__(self, job_id: UUID, from_state: State, correlation_id: str | None,
+                 countdown: float | None = None) -> None:
         if not stages_from(from_state):
             return
-        stage_chain(self.app, job_id, from_state, correlation_id).apply_async()
+        stage_chain(self.app, job_id, from_state, correlation_id).apply_async(
+            countdown=countdown)
+
+    def cancel(self, task_ids: list[str]) -> None:
+        """Revoke the tasks and interrupt them where they run: SIGUSR1 is the signal of
+        Celery's soft time limit, so the task gets SoftTimeLimitExceeded (and, its job
+        being FAILED already, writes nothing) while the pool process lives on."""
+        self.app.control.revoke(task_ids, terminate=True, signal="SIGUSR1")
 
 
 def make_enqueuer(settings: Settings) -> CeleryEnqueuer:

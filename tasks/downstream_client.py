@@ -8,7 +8,7 @@ from uuid import UUID
 
 import requests
 
-from orchestrator.outcomes import classify_response, transport_error
+from orchestrator.outcomes import classify_response, timeout_error, transport_error
 from orchestrator.stages import StageSpec
 
 CONNECT_TIMEOUT = 5.0
@@ -34,7 +34,7 @@ class HttpDownstream:
             response = self.session.post(spec.url, json=body, headers=headers,
                                          timeout=(min(CONNECT_TIMEOUT, timeout), timeout))
         except requests.Timeout as exc:
-            raise transport_error(spec, attempt, f"timed out after {spec.timeout:g}s") from exc
+            raise timeout_error(spec, attempt) from exc
         except requests.RequestException as exc:
             raise transport_error(spec, attempt, f"connection failed: {type(exc).__name__}"
                                   ) from exc

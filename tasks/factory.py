@@ -14,6 +14,7 @@ from tasks import costing, enriching, parsing, planning
 from tasks.chain import task_name
 from tasks.recovery import RecoveryStep
 from tasks.runtime import Runtime
+from tasks.stage import StageTask
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,8 @@ def create_celery_app(settings: Settings) -> Celery:
     for module in STAGE_MODULES:
         spec = settings.stage(module.STATE)
         app.task(
-            module.run, bind=True, name=task_name(module.STATE),
+            module.run, bind=True, name=task_name(module.STATE), base=StageTask,
+            stage_state=module.STATE,
             soft_time_limit=spec.timeout, time_limit=spec.timeout + settings.hard_timeout_grace,
             # Retries are counted in PostgreSQL (attempt rows), not in the message, so a
             # redelivered or resumed stage keeps its count; Celery must not cap them too.

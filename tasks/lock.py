@@ -49,3 +49,6 @@ class RedisLocks:
 
     def is_locked(self, job_id: UUID) -> bool:
         return bool(self.client.exists(self.key(job_id)))
+
+    def force_release(self, job_id: UUID) -> None:
+        self.client.delete(self.key(job_id))
