@@ -1,0 +1,225 @@
+"""Every way a stage can go wrong, over real HTTP against a downstream that really
+misbehaves, on real worker processes. Short limits come from configuration only."""
+
+from __future__ import annotations
+
+import contextlib
+import contextlib
+import os
+import signal
+import threading
+import uuid
+
+import pytest
+
+from api.app import create_app
+from orchestrator.settings import Settings
+from tests.conftest import make_env
+from tests.integration.conftest import HAPPY_PATH, Api, transitions
+from tests.support.downstream_server import Reply
+from tests.support.processes import start_worker, wait_for
+
+LIMITS = {
+    "PLANNING_TIMEOUT": 5, "PARSING_TIMEOUT": 1.5, "ENRICHING_TIMEOUT": 30,
+    "COSTING_TIMEOUT": 5, "PARSING_MAX_RETRIES": 2, "ENRICHING_MAX_RETRIES": 1,
+    "COSTING_MAX_RETRIES": 2, "PLANNING_MAX_RETRIES": 2, "HARD_TIMEOUT_GRACE": 1,
+    "RETRY_BACKOFF_BASE": 0.3, "RETRY_BACKOFF_MAX": 5, "RETRY_JITTER": "false",
+}
+
+
+@pytest.fixture(scope="module")
+def failing(database_url, redis_url, downstream, log_dir):
+    env = make_env(database_url, redis_url, downstream, **LIMITS)
+    worker = start_worker("failures-worker", env, log_dir)
+    yield Api(create_app(Settings.from_env(env)).test_client()), worker
+    worker.stop()
+
+
+def attempts(job, stage):
+    return [(s["attempt_number"], s["status"]) for s in job["stages"] if s["stage_name"] == stage]
+
+
+def test_transient_errors_are_retried_with_growing_gaps(failing, downstream):
+    api, _ = failing
+    job_id = uuid.uuid4()
+    # Given a plan interpreter that answers 503, then 502, then works
+    downstream.script(job_id, "PARSING", {1: Reply(503, {"error": "busy"}),
+                                          2: Reply(502, "bad gateway")})
+    api.start(job_id)
+    job = api.wait_state(job_id, "COMPLETED", "FAILED")
+    # Then the job completes after two retries, each attempt its own row
+    assert job["current_state"] == "COMPLETED"
+    assert transitions(job) == HAPPY_PATH
+    assert attempts(job, "PARSING") == [(1, "FAILED"), (2, "FAILED"), (3, "SUCCESS")]
+    assert job["retry_count"] == 2
+    failed = [s["error_message"] for s in job["stages"] if s["status"] == "FAILED"]
+    assert failed == ["PARSING attempt 1/3: HTTP 503 from plan interpreter: busy",
+                      "PARSING attempt 2/3: HTTP 502 from plan interpreter: bad gateway"]
+    # And the service saw the real attempt numbers, spaced by the configured backoff
+    calls = downstream.calls_for(job_id, "PARSING")
+    assert [c.attempt for c in calls] == [1, 2, 3]
+    first_gap, second_gap = calls[1].at - calls[0].at, calls[2].at - calls[1].at
+    assert first_gap >= 0.3 and second_gap >= 0.6  # base 0.3 × 2^(k−1), jitter off
+    assert second_gap > first_gap
+
+
+def test_retry_after_is_honoured(failing, downstream):
+    api, worker = failing
+    job_id = uuid.uuid4()
+    downstream.script(job_id, "COSTING", {1: Reply(429, {"error": "slow down"},
+                                                   headers={"Retry-After": "2"})})
+    api.start(job_id)
+    job = api.wait_state(job_id, "COMPLETED", "FAILED")
+    assert job["current_state"] == "COMPLETED"
+    calls = downstream.calls_for(job_id, "COSTING")
+    assert calls[1].at - calls[0].at >= 2.0  # never sooner than the service asked
+    assert worker.has_event("stage.retry_scheduled", job_id=str(job_id), delay_s=2.0)
+
+
+def test_a_hanging_service_costs_one_timeout_per_attempt(failing, downstream):
+    api, worker = failing
+    job_id = uuid.uuid4()
+    # Given a plan interpreter that never answers in time (PARSING_TIMEOUT=1.5, 2 retries)
+    downstream.script(job_id, "PARSING", Reply(hang_for=8))
+    api.start(job_id)
+    job = api.wait_state(job_id, "COMPLETED", "FAILED", timeout=60)
+    # Then three attempts time out, each lasting about the timeout, and the job fails
+    assert job["current_state"] == "FAILED"
+    assert attempts(job, "PARSING") == [(1, "FAILED"), (2, "FAILED"), (3, "FAILED")]
+    for stage in job["stages"][1:]:
+        assert 1400 <= stage["duration_ms"] < 4000, stage
+        assert "timed out after 1.5s" in stage["error_message"]
+    assert job["error_message"].startswith("PARSING attempt 3/3: timed out after 1.5s")
+    assert "retries exhausted after 3 attempts" in job["error_message"]
+    assert job["retry_count"] == 2
+    assert worker.has_event("stage.timeout", job_id=str(job_id), stage="PARSING", attempt=3)
+    assert worker.has_event("stage.gave_up", job_id=str(job_id), stage="PARSING")
+
+
+@pytest.mark.parametrize(("stage", "reply", "message"), [
+    ("COSTING", Reply(400, {"error": {"code": "bad", "message": "unsupported currency"}}),
+     "COSTING attempt 1/3: HTTP 400 from cost calculator: unsupported currency"),
+    ("ENRICHING", Reply(200, "<html><body>Welcome to nginx</body></html>"),
+     "ENRICHING attempt 1/2: HTTP 200 from pricing enricher is not JSON: <html><body>Welcome "
+     "to nginx</body></html>"),
+    ("PARSING", Reply(200, "[1, 2]"),
+     "PARSING attempt 1/3: HTTP 200 from plan interpreter is JSON but not an object"),
+    ("PLANNING", Reply(200, {"plan": "somewhere"}),
+     "PLANNING attempt 1/3: HTTP 200 from terraform execution has no plan_reference"),
+    ("COSTING", Reply(200, {"currency": "USD"}),
+     "COSTING attempt 1/3: HTTP 200 from cost calculator has no result_reference"),
+    ("PARSING", Reply(404, "no such plan"),
+     "PARSING attempt 1/3: HTTP 404 from plan interpreter: no such plan"),
+])
+def test_permanent_errors_fail_the_job_at_once(failing, downstream, stage, reply, message):
+    api, _ = failing
+    job_id = uuid.uuid4()
+    downstream.script(job_id, stage, reply)
+    api.start(job_id)
+    job = api.wait_state(job_id, "COMPLETED", "FAILED")
+    assert job["current_state"] == "FAILED"
+    assert job["error_message"] == message
+    assert job["retry_count"] == 0
+    assert len(downstream.calls_for(job_id, stage)) == 1
+    assert attempts(job, stage) == [(1, "FAILED")]
+    assert transitions(job)[-1] == (stage, "FAILED")
+
+
+def test_retries_exhausted_says_so_and_why(failing, downstream):
+    api, _ = failing
+    job_id = uuid.uuid4()
+    downstream.script(job_id, "COSTING", Reply(500, {"error": "database on fire"}))
+    api.start(job_id)
+    job = api.wait_state(job_id, "COMPLETED", "FAILED")
+    assert job["current_state"] == "FAILED"
+    assert job["error_message"] == ("COSTING attempt 3/3: HTTP 500 from cost calculator: "
+                                    "database on fire (retries exhausted after 3 attempts)")
+    assert [c.attempt for c in downstream.calls_for(job_id, "COSTING")] == [1, 2, 3]
+    assert job["retry_count"] == 2
+
+
+def test_cancellation_stops_the_stage_promptly(failing, downstream):
+    api, worker = failing
+    job_id = uuid.uuid4()
+    # Given an ENRICHING call that would hang for its whole 30 s timeout
+    release = threading.Event()
+    downstream.script(job_id, "ENRICHING", Reply(release=release, hang_for=40))
+    api.start(job_id)
+    wait_for(lambda: downstream.calls_for(job_id, "ENRICHING"), 20, "ENRICHING to start")
+    # When an operator fails the job
+    assert api.fail(job_id, "cancelled by test").status_code == 200
+    # Then the task is interrupted within seconds, not at its 30 s timeout, writes nothing,
+    # and COSTING never starts
+    wait_for(lambda: worker.has_event("stage.fenced_out", job_id=str(job_id)), 10,
+             "the revoked stage to stop")
+    release.set()
+    job = api.job(job_id)
+    assert job["current_state"] == "FAILED" and job["error_message"] == "cancelled by test"
+    assert attempts(job, "ENRICHING") == [(1, "FAILED")]
+    assert not downstream.calls_for(job_id, "COSTING")
+
+
+def _stage_pid(worker, job_id, stage, attempt):
+    for event in worker.events():
+        if (event.get("event") == "stage.started" and event.get("job_id") == str(job_id)
+                and event.get("stage") == stage and event.get("attempt") == attempt):
+            return event["pid"]
+    return None
+
+
+def test_the_hard_time_limit_is_retried_like_any_timeout(failing, downstream):
+    api, worker = failing
+    job_id = uuid.uuid4()
+    # Given a PARSING attempt whose pool process freezes (SIGSTOP: the soft limit's
+    # exception can never be raised, so only Celery's hard limit can end it)
+    release = threading.Event()
+    downstream.script(job_id, "PARSING", {1: Reply(release=release, hang_for=30)})
+    api.start(job_id)
+    pid = wait_for(lambda: _stage_pid(worker, job_id, "PARSING", 1), 20, "PARSING to start")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        # Then the hard limit kills it, the attempt is closed as timed out, and the retry
+        # completes the job
+        job = api.wait_state(job_id, "COMPLETED", "FAILED", timeout=40)
+    finally:
+        release.set()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    assert job["current_state"] == "COMPLETED", job
+    assert transitions(job) == HAPPY_PATH
+    assert attempts(job, "PARSING") == [(1, "FAILED"), (2, "SUCCESS")]
+    first = next(s for s in job["stages"] if s["stage_name"] == "PARSING")
+    assert "hard time limit" in first["error_message"]
+    assert job["retry_count"] == 1
+    assert worker.has_event("lock.broken", job_id=str(job_id))
+
+
+def test_a_stage_that_keeps_killing_its_worker_is_capped(database_url, redis_url, downstream,
+                                                         log_dir):
+    # Given a worker whose poison cap is 2 lost attempts, with quick lock expiry and
+    # recovery, and a PLANNING call that hangs until its process is killed
+    env = make_env(database_url, redis_url, downstream, MAX_LOST_ATTEMPTS=2, LOCK_TTL=2,
+                   RECOVERY_STALE_AFTER=2, RECOVERY_INTERVAL=0.5)
+    api = Api(create_app(Settings.from_env(env)).test_client())
+    worker = start_worker("poison-worker", env, log_dir)
+    release = threading.Event()
+    job_id = uuid.uuid4()
+    downstream.script(job_id, "PLANNING", Reply(release=release, hang_for=60))
+    try:
+        api.start(job_id)
+        # When each attempt's pool process dies (SIGKILL) mid-stage
+        for attempt in (1, 2):
+            pid = wait_for(lambda a=attempt: _stage_pid(worker, job_id, "PLANNING", a), 30,
+                           f"PLANNING attempt {attempt}")
+            os.kill(pid, signal.SIGKILL)
+        # Then the job fails with a message saying why, instead of looping forever
+        job = api.wait_state(job_id, "COMPLETED", "FAILED", timeout=30)
+    finally:
+        release.set()
+        worker.stop()
+    assert job["current_state"] == "FAILED"
+    assert job["error_message"] == ("PLANNING attempt 3/3: gave up after 2 attempts ended "
+                                    "with their worker lost")
+    assert [(s["attempt_number"], s["status"], s["error_message"]) for s in job["stages"]][:2] \
+        == [(1, "FAILED", "worker lost"), (2, "FAILED", "worker lost")]
+    assert len(downstream.calls_for(job_id, "PLANNING")) == 2
