@@ -4,7 +4,6 @@ misbehaves, on real worker processes. Short limits come from configuration only.
 from __future__ import annotations
 
 import contextlib
-import contextlib
 import os
 import signal
 import threading
