@@ -31,8 +31,9 @@ class Call:
 
 @dataclass
 class Reply:
-    """What to answer: ``status`` with ``body`` (a dict → JSON, a str → as is) after
-    ``delay`` seconds, or hang until ``release`` is set (or ``hang_for`` passes)."""
+    """What to answer: ``status`` with ``body`` (a dict → JSON, a str → as is, None → the
+    stage's default output) after ``delay`` seconds, or hang until ``release`` is set (or
+    ``hang_for`` passes)."""
 
     status: int = 200
     body: dict[str, Any] | str | None = None
@@ -126,8 +127,10 @@ class ScriptedDownstream:
                     time.sleep(reply.hang_for)
                 if reply.delay:
                     time.sleep(reply.delay)
-                payload = (reply.body if isinstance(reply.body, str)
-                           else json.dumps(reply.body if reply.body is not None else {}))
+                body = reply.body
+                if body is None:
+                    body = default_output(call.stage, call.job_id, call.body.get("input", {}))
+                payload = body if isinstance(body, str) else json.dumps(body)
                 data = payload.encode()
                 try:
                     self.send_response(reply.status)
