@@ -27,11 +27,13 @@ task_acks_on_timeout = True
 # a long stage does not sit on prefetched messages another worker could run now.
 worker_prefetch_multiplier = 1
 
-# On losing the broker connection, cancel running acks_late tasks so their messages are
-# redelivered rather than acked into a connection that no longer exists. Our stages are
-# safe to re-run (fence), so cancelling is the conservative choice; also silences Celery
-# 5.x's deprecation warning by choosing explicitly.
-worker_cancel_long_running_tasks_on_connection_loss = True
+# On losing the broker connection, let running stages finish instead of cancelling them.
+# Cancelling is Celery 6's default, but with it a broker outage crashes the worker's main
+# process ("Unrecoverable error", celery/celery#7185 and #9250; we reproduced it with Kombu
+# 5.7 on Redis: tests/integration/test_outages.py). Letting the stage finish is safe: its
+# result goes to PostgreSQL, not to the broker, and the ack it can no longer send only means
+# the message may be delivered again, which the state check and the fence make a no-op.
+worker_cancel_long_running_tasks_on_connection_loss = False
 
 # Retry connecting to the broker at start-up instead of exiting (Celery 6 default).
 broker_connection_retry_on_startup = True

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, Response, jsonify
+from redis.exceptions import RedisError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
 from orchestrator.errors import (
@@ -59,6 +61,16 @@ def register_error_handlers(app: Flask) -> None:
         messages = {413: "request body is larger than 64 KiB",
                     404: "no such route", 405: "method not allowed on this route"}
         return error_response(status, code, messages.get(status, exc.description or code))
+
+    @app.errorhandler(SQLAlchemyError)
+    @app.errorhandler(RedisError)
+    def unavailable(exc: Exception) -> tuple[Response, int]:
+        if isinstance(exc, SQLAlchemyError) and not isinstance(exc, DBAPIError | TimeoutError):
+            return unexpected(exc)
+        log_event(log, "api.dependency_unavailable", logging.ERROR, error=repr(exc))
+        dependency = "Redis" if isinstance(exc, RedisError) else "PostgreSQL"
+        return error_response(503, "dependency_unavailable",
+                              f"{dependency} is unavailable; retry later")
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> tuple[Response, int]:

@@ -67,6 +67,7 @@ def configure_logging(level: str = "INFO", stream: Any = None) -> None:
 
 
 def log_event(logger: logging.Logger, event: str, level: int = logging.INFO,
-              **fields: Any) -> None:
-    """Log one event: the message is the event name, the fields are the data."""
-    logger.log(level, event, extra={"event": event, **fields})
+              exc_info: BaseException | None = None, **fields: Any) -> None:
+    """Log one event: the message is the event name, the fields are the data (and the
+    traceback of ``exc_info``, when given, in the line's ``exc_info`` field)."""
+    logger.log(level, event, exc_info=exc_info, extra={"event": event, **fields})

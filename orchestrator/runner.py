@@ -96,12 +96,27 @@ class StageRunner:
             log_event(log, "lock.acquired", stage=state.value)
             try:
                 return self._run_locked(job, state, lock, task_id)
+            except self.timeout_errors as exc:
+                # The time limit or a cancellation landed outside the downstream call (a
+                # database write was rolled back): nothing half-written; recovery closes
+                # the attempt if the job still needs it.
+                log_event(log, "stage.interrupted", logging.WARNING, stage=state.value,
+                          exc_info=exc)
+                return Skipped("interrupted")
             finally:
-                if lock.release():
-                    log_event(log, "lock.released", stage=state.value)
-                else:
-                    log_event(log, "lock.lost", logging.WARNING, stage=state.value,
-                              error="lock expired or taken over before release")
+                self._release(lock, state)
+
+    def _release(self, lock: JobLock, state: State) -> None:
+        try:
+            released = lock.release()
+        except self.timeout_errors:  # interrupted while releasing: the TTL will free it
+            log_event(log, "lock.release_interrupted", logging.WARNING, stage=state.value)
+            return
+        if released:
+            log_event(log, "lock.released", stage=state.value)
+        else:
+            log_event(log, "lock.lost", logging.WARNING, stage=state.value,
+                      error="lock expired or taken over before release")
 
     def _skip(self, reason: str) -> Skipped:
         log_event(log, "stage.skipped", reason=reason)

@@ -13,7 +13,8 @@ from typing import Any
 from uuid import UUID
 
 from celery import Celery, Task
-from celery.exceptions import Ignore, SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.exceptions import Ignore, SoftTimeLimitExceeded
+from celery.worker.request import Request
 
 from orchestrator.runner import Advanced, RetryLater, StageRunner
 from orchestrator.states import State
@@ -28,7 +29,10 @@ def _runner(app: Celery) -> StageRunner:
 
 def run_stage_task(task: Task, state: State, job_id: str, correlation_id: str | None
                    ) -> dict[str, Any]:
-    outcome = _runner(task.app).run(UUID(job_id), state, correlation_id, task.request.id)
+    try:
+        outcome = _runner(task.app).run(UUID(job_id), state, correlation_id, task.request.id)
+    except SoftTimeLimitExceeded:  # a second cancellation signal, after the runner's own
+        raise Ignore() from None
     if isinstance(outcome, Advanced):
         return {"job_id": job_id, "state": outcome.to_state.value}
     if isinstance(outcome, RetryLater):
@@ -36,22 +40,29 @@ def run_stage_task(task: Task, state: State, job_id: str, correlation_id: str | 
     raise Ignore()
 
 
-class StageTask(Task):
-    """The base of the stage tasks: handles Celery's hard time limit, which kills the pool
-    process and which Celery itself never retries. ``on_failure`` then runs in the worker's
-    main process; the attempt is closed as timed out and, with retries left, the chain is
-    sent again from this stage after the backoff."""
+class StageRequest(Request):
+    """The worker-side request of a stage task. Celery's hard time limit kills the pool
+    process, and Celery itself never retries that; ``on_timeout`` runs in the worker's
+    main process, where we close the attempt as timed out and, with retries left, send the
+    chain again from this stage after the backoff (Celery's documented hook for custom
+    request handling, the same in every 5.x)."""
 
-    stage_state: State
-
-    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any,
-                   einfo: Any) -> None:
-        if not isinstance(exc, TimeLimitExceeded) or not args:
+    def on_timeout(self, soft: bool, timeout: float) -> None:
+        super().on_timeout(soft, timeout)
+        if soft or not self.args:
             return
-        job_id = args[0]
-        correlation_id = args[1] if len(args) > 1 else kwargs.get("correlation_id")
-        outcome = _runner(self.app).hard_timeout(UUID(job_id), self.stage_state,
-                                                 correlation_id, task_id)
+        task = self.task
+        job_id = self.args[0]
+        correlation_id = self.args[1] if len(self.args) > 1 else None
+        outcome = _runner(task.app).hard_timeout(UUID(job_id), task.stage_state,
+                                                 correlation_id, self.id)
         if isinstance(outcome, RetryLater):
-            CeleryEnqueuer(self.app)(UUID(job_id), self.stage_state, correlation_id,
+            CeleryEnqueuer(task.app)(UUID(job_id), task.stage_state, correlation_id,
                                      countdown=outcome.delay)
+
+
+class StageTask(Task):
+    """The base of the stage tasks: its requests are :class:`StageRequest`."""
+
+    Request = StageRequest
+    stage_state: State

@@ -82,3 +82,10 @@ HAPPY_PATH = [("UPLOADED", "PLANNING"), ("PLANNING", "PARSING"), ("PARSING", "EN
 
 def transitions(job: dict[str, Any]) -> list[tuple[str, str]]:
     return [(t["from_state"], t["to_state"]) for t in job["transitions"]]
+
+
+def ended_without_writing(worker, job_id) -> bool:
+    """The worker's stage for ``job_id`` stopped and wrote nothing: its compare-and-set
+    found the job changed (fenced out), or a cancellation interrupted it."""
+    return any(worker.has_event(e, job_id=str(job_id))
+               for e in ("stage.fenced_out", "stage.interrupted"))

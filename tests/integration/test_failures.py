@@ -14,7 +14,7 @@ import pytest
 from api.app import create_app
 from orchestrator.settings import Settings
 from tests.conftest import make_env
-from tests.integration.conftest import HAPPY_PATH, Api, transitions
+from tests.integration.conftest import HAPPY_PATH, Api, ended_without_writing, transitions
 from tests.support.downstream_server import Reply
 from tests.support.processes import start_worker, wait_for
 
@@ -149,8 +149,7 @@ def test_cancellation_stops_the_stage_promptly(failing, downstream):
     assert api.fail(job_id, "cancelled by test").status_code == 200
     # Then the task is interrupted within seconds, not at its 30 s timeout, writes nothing,
     # and COSTING never starts
-    wait_for(lambda: worker.has_event("stage.fenced_out", job_id=str(job_id)), 10,
-             "the revoked stage to stop")
+    wait_for(lambda: ended_without_writing(worker, job_id), 10, "the revoked stage to stop")
     release.set()
     job = api.job(job_id)
     assert job["current_state"] == "FAILED" and job["error_message"] == "cancelled by test"

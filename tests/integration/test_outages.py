@@ -1,0 +1,100 @@
+"""Redis and PostgreSQL going away and coming back mid-run, on throwaway servers of the
+test's own (never the machine's shared ones): workers and the API reconnect, /readyz says
+not ready meanwhile, and jobs in flight end terminal with nothing lost or doubled."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+
+from api.app import create_app
+from db.migrate import upgrade
+from orchestrator.settings import Settings
+from tests.conftest import make_env
+from tests.integration.conftest import HAPPY_PATH, Api, transitions
+from tests.support.downstream_server import Reply
+from tests.support.processes import start_worker, wait_for
+from tests.support.services import ThrowawayPostgres, ThrowawayRedis, postgres_database
+
+FAST = {"LOCK_TTL": 2, "RECOVERY_STALE_AFTER": 2, "RECOVERY_INTERVAL": 0.5}
+
+
+def readiness(api: Api) -> tuple[int, dict]:
+    response = api.client.get("/readyz")
+    return response.status_code, response.get_json()
+
+
+def test_redis_restart_mid_run(database_url, downstream, log_dir, tmp_path):
+    redis_server = ThrowawayRedis(tmp_path).start()
+    env = make_env(database_url, redis_server.url, downstream, **FAST)
+    api = Api(create_app(Settings.from_env(env)).test_client())
+    worker = start_worker("redis-outage", env, log_dir)
+    try:
+        job_id = uuid.uuid4()
+        release = threading.Event()
+        downstream.script(job_id, "PARSING", {1: Reply(release=release, hang_for=30)})
+        assert api.start(job_id).status_code == 202
+        wait_for(lambda: downstream.calls_for(job_id, "PARSING"), 20, "PARSING to start")
+        # When Redis dies mid-stage (losing the queue, the lock and every message)
+        redis_server.kill()
+        status, body = readiness(api)
+        assert status == 503 and body["checks"]["redis"].startswith("error")
+        assert body["checks"]["postgresql"] == "ok"
+        release.set()
+        time.sleep(1)  # an outage of a little while, not an instant blip
+        redis_server.start()
+        # Then the API is ready again, and the job completes with an exact history
+        wait_for(lambda: readiness(api)[0] == 200, 20, "the API to be ready again")
+        job = api.wait_state(job_id, "COMPLETED", "FAILED", timeout=60)
+        assert job["current_state"] == "COMPLETED", job
+        assert transitions(job) == HAPPY_PATH
+        assert [s["status"] for s in job["stages"]].count("SUCCESS") == 4
+        # And new jobs go through as before
+        fresh = uuid.uuid4()
+        api.start(fresh)
+        assert api.wait_state(fresh, "COMPLETED", "FAILED")["current_state"] == "COMPLETED"
+    finally:
+        worker.stop()
+        redis_server.kill()
+
+
+@pytest.fixture
+def throwaway_postgres(tmp_path):
+    server = ThrowawayPostgres(tmp_path / "pg")
+    yield server
+    server.stop()
+
+
+def test_postgres_restart_mid_run(throwaway_postgres, redis_url, downstream, log_dir):
+    with postgres_database(throwaway_postgres.url) as database_url:
+        upgrade(database_url)
+        env = make_env(database_url, redis_url, downstream, **FAST)
+        api = Api(create_app(Settings.from_env(env)).test_client())
+        worker = start_worker("pg-outage", env, log_dir)
+        try:
+            job_id = uuid.uuid4()
+            release = threading.Event()
+            downstream.script(job_id, "PARSING", {1: Reply(release=release, hang_for=30)})
+            assert api.start(job_id).status_code == 202
+            wait_for(lambda: downstream.calls_for(job_id, "PARSING"), 20, "PARSING to start")
+            # When PostgreSQL crashes while PARSING is in flight, and its answer arrives
+            throwaway_postgres.crash()
+            status, body = readiness(api)
+            assert status == 503 and body["checks"]["postgresql"].startswith("error")
+            unavailable = api.get(f"/internal/jobs/{job_id}")
+            assert unavailable.status_code == 503
+            assert unavailable.get_json()["error"]["code"] == "dependency_unavailable"
+            release.set()
+            time.sleep(1)
+            throwaway_postgres.restart()
+            # Then everything reconnects and the job completes with an exact history
+            wait_for(lambda: readiness(api)[0] == 200, 20, "the API to be ready again")
+            job = api.wait_state(job_id, "COMPLETED", "FAILED", timeout=60)
+            assert job["current_state"] == "COMPLETED", job
+            assert transitions(job) == HAPPY_PATH
+            assert [s["status"] for s in job["stages"]].count("SUCCESS") == 4
+        finally:
+            worker.stop()
