@@ -16,7 +16,7 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 
-test: install
+test: install lint
 	$(BIN)/python -m pytest tests
 
 unit: install
@@ -29,8 +29,8 @@ bench: install
 	$(BIN)/python -m benchmarks
 
 lint: install
-	$(BIN)/ruff check .
-	$(BIN)/mypy orchestrator tasks api db cli downstream
+	$(BIN)/ruff check --quiet .
+	$(BIN)/mypy orchestrator tasks api db cli downstream benchmarks
 
 clean:
 	rm -rf $(VENV) build *.egg-info

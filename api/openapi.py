@@ -110,7 +110,7 @@ SCHEMAS["JobDetail"] = {
 
 
 def openapi_document() -> dict[str, Any]:
-    auth = [{"bearer": []}]
+    auth: list[dict[str, list[str]]] = [{"bearer": []}]
     return {
         "openapi": "3.1.0",
         "info": {"title": "Job Orchestrator internal API", "version": "1"},

@@ -20,7 +20,7 @@ class JsonLogger(glogging.Logger):
             logger.propagate = True
 
 
-class GunicornServer(BaseApplication):  # type: ignore[misc]
+class GunicornServer(BaseApplication):
     """Runs ``factory()`` in each gunicorn worker (after the fork, so each worker has its
     own connections)."""
 

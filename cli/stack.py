@@ -134,7 +134,7 @@ def local_stack(*, log_dir: Path | None, overrides: dict[str, str] | None = None
             log_dir.mkdir(parents=True, exist_ok=True)
         stack = Stack(env, settings, f"http://127.0.0.1:{api_port}", token,
                       f"http://127.0.0.1:{downstream_port}", notes, log_dir=log_dir)
-        exits.callback(lambda: [c.stop() for c in reversed(stack.children)])
+        exits.callback(_stop_all, stack)
         downstream = _spawn(stack, "downstream", "downstream")
         worker = _spawn(stack, "worker", "worker", "--without-gossip", "--without-mingle")
         api = _spawn(stack, "api", "api")
@@ -143,6 +143,11 @@ def local_stack(*, log_dir: Path | None, overrides: dict[str, str] | None = None
         if worker.log_path:
             _wait_log_event(worker, "worker.ready")
         yield stack
+
+
+def _stop_all(stack: Stack) -> None:
+    for child in reversed(stack.children):
+        child.stop()
 
 
 def headers(stack: Stack) -> dict[str, Any]:

@@ -7,7 +7,6 @@ compare-and-set on its state, and for stage workers on its fence too: zero rows 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -32,7 +31,8 @@ _TERMINAL = [s.value for s in TERMINAL]
 _ELAPSED_MS = text("(extract(epoch FROM clock_timestamp() - started_at) * 1000)::int")
 
 
-def _job(row: Mapping[str, Any]) -> Job:
+def _job(row: Any) -> Job:
+    """A ``jobs`` row (a RowMapping) as a domain Job."""
     return Job(
         job_id=row["job_id"],
         current_state=State(row["current_state"]),

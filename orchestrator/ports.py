@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from datetime import datetime
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -56,7 +57,7 @@ class JobRepository(Protocol):
     def detail(self, job_id: UUID) -> JobDetail | None: ...
 
     def list_jobs(self, state: State | None, limit: int,
-                  after: tuple[str, str] | None) -> list[Job]: ...
+                  after: tuple[datetime, UUID] | None) -> list[Job]: ...
 
     def stale_jobs(self, stale_after: float, limit: int) -> list[Job]:
         """Non-terminal started jobs with no sign of life for ``stale_after`` seconds,

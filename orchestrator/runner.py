@@ -265,7 +265,7 @@ class Heartbeat:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id}",
                                         daemon=True)
-        self._context = (str(job_id), None)
+        self._context: tuple[str, str | None] = (str(job_id), None)
 
     def __enter__(self) -> Heartbeat:
         from orchestrator.logs import current_correlation_id

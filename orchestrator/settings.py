@@ -31,7 +31,7 @@ class _Env:
             return None
         return value.strip()
 
-    def str(self, name: str, default: str) -> str:
+    def text(self, name: str, default: str) -> str:
         return self.raw(name) or default
 
     def number(self, name: str, default: float, *, minimum: float, integer: bool = False,
@@ -130,7 +130,7 @@ class Settings:
         env = _Env(environ)
         redis_url = env.url("REDIS_URL", None, ("redis", "rediss", "unix", "redis+socket"))
         lock_ttl = env.number("LOCK_TTL", 300.0, minimum=1)
-        log_level = env.str("LOG_LEVEL", "INFO").upper()
+        log_level = env.text("LOG_LEVEL", "INFO").upper()
         if log_level not in _LOG_LEVELS:
             raise ConfigError("LOG_LEVEL", f"must be one of {', '.join(sorted(_LOG_LEVELS))}")
         return cls(
@@ -139,22 +139,22 @@ class Settings:
             redis_url=redis_url,
             broker_url=env.url("CELERY_BROKER_URL", broker_from_redis(redis_url),
                                ("redis", "rediss", "redis+socket", "amqp", "amqps", "pyamqp")),
-            celery_queue=env.str("CELERY_QUEUE", "orchestrator"),
+            celery_queue=env.text("CELERY_QUEUE", "orchestrator"),
             stages=_stage_specs(env),
             retry_backoff_base=env.number("RETRY_BACKOFF_BASE", 2.0, minimum=0),
             retry_backoff_max=env.number("RETRY_BACKOFF_MAX", 60.0, minimum=0),
             retry_jitter=env.boolean("RETRY_JITTER", True),
             hard_timeout_grace=env.number("HARD_TIMEOUT_GRACE", 10.0, minimum=1),
             lock_ttl=lock_ttl,
-            lock_key_prefix=env.str("LOCK_KEY_PREFIX", "job:lock:"),
+            lock_key_prefix=env.text("LOCK_KEY_PREFIX", "job:lock:"),
             recovery_interval=env.number("RECOVERY_INTERVAL", 60.0, minimum=0.1),
             recovery_stale_after=env.number("RECOVERY_STALE_AFTER", lock_ttl, minimum=0.1),
             max_lost_attempts=env.integer("MAX_LOST_ATTEMPTS", 3, minimum=1),
             downstream_token=env.raw("DOWNSTREAM_TOKEN"),
-            api_tokens=tuple(t.strip() for t in env.str("ORCHESTRATOR_API_TOKENS", "").split(",")
+            api_tokens=tuple(t.strip() for t in env.text("ORCHESTRATOR_API_TOKENS", "").split(",")
                              if t.strip()),
             auth_disabled=env.boolean("ORCHESTRATOR_AUTH_DISABLED", False),
-            api_host=env.str("ORCHESTRATOR_HOST", "127.0.0.1"),
+            api_host=env.text("ORCHESTRATOR_HOST", "127.0.0.1"),
             api_port=env.port("ORCHESTRATOR_PORT", 8001),
             api_workers=env.integer("ORCHESTRATOR_API_WORKERS", 2, minimum=1),
             downstream_port=env.port("DOWNSTREAM_PORT", 8002),
@@ -184,7 +184,7 @@ class Settings:
 
 def _stage_specs(env: _Env) -> tuple[StageSpec, ...]:
     port = env.port("DOWNSTREAM_PORT", 8002)
-    specs = []
+    specs: list[StageSpec] = []
     for d in STAGE_DEFINITIONS:
         url = env.url(d.url_variable, f"http://127.0.0.1:{port}{d.default_path}",
                       ("http", "https"))

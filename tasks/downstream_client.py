@@ -28,7 +28,8 @@ class HttpDownstream:
                    "X-Correlation-ID": correlation_id or ""}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
-        body = {"job_id": str(job_id), "stage": spec.name, "attempt": attempt, "input": input}
+        body: dict[str, Any] = {"job_id": str(job_id), "stage": spec.name, "attempt": attempt,
+                                "input": input}
         timeout = max(timeout, 0.01)
         try:
             response = self.session.post(spec.url, json=body, headers=headers,

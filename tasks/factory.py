@@ -39,7 +39,7 @@ def create_celery_app(settings: Settings) -> Celery:
         broker_transport_options={"visibility_timeout": visibility_timeout(settings)},
         worker_concurrency=settings.worker_concurrency,
     )
-    app.runtime = Runtime(settings)  # type: ignore[attr-defined]
+    app.runtime = Runtime(settings)
     for module in STAGE_MODULES:
         spec = settings.stage(module.STATE)
         app.task(
@@ -60,7 +60,7 @@ def _connect_signals(app: Celery, settings: Settings) -> None:
         configure_logging(settings.log_level)
 
     def process_init(**_: Any) -> None:
-        app.runtime.after_fork()  # type: ignore[attr-defined]
+        app.runtime.after_fork()
 
     def ready(sender: Any = None, **_: Any) -> None:
         log_event(log, "worker.ready", queue=settings.celery_queue,

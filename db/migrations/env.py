@@ -8,6 +8,7 @@ from sqlalchemy import create_engine
 from db.schema import metadata
 
 url = context.config.get_main_option("sqlalchemy.url")
+assert url, "db.migrate sets sqlalchemy.url"
 engine = create_engine(url)
 with engine.connect() as connection:
     context.configure(connection=connection, target_metadata=metadata)
