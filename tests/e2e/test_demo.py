@@ -40,8 +40,10 @@ def leftovers(data_dir: Path) -> list[str]:
     return found
 
 
-def test_demo_runs_every_sample_and_leaves_nothing_running(tmp_path):
-    env = embedded_env(tmp_path)
+@pytest.mark.parametrize("run", ["first run", "second run on the same data"])
+def test_demo_runs_every_sample_and_leaves_nothing_running(tmp_path_factory, run):
+    data_dir = tmp_path_factory.getbasetemp() / "demo-data"
+    env = embedded_env(data_dir)
     result = subprocess.run([sys.executable, "-m", "cli", "demo"], env=env,
                             capture_output=True, text=True, timeout=240)
     out = result.stdout
@@ -54,9 +56,9 @@ def test_demo_runs_every_sample_and_leaves_nothing_running(tmp_path):
     # The retry and the cost table show
     assert re.search(r"web-stack\s+.*HTTP 503 from plan interpreter", out)
     assert "retries 1" in out and "TOTAL USD/month" in out
-    assert "PostgreSQL  embedded (pgserver)" in out and str(tmp_path) in out
+    assert "PostgreSQL  embedded (pgserver)" in out and str(data_dir) in out
     # And nothing it started is still running
-    assert leftovers(tmp_path) == []
+    assert leftovers(data_dir) == []
     assert port_is_free(int(env["ORCHESTRATOR_PORT"]))
     assert port_is_free(int(env["DOWNSTREAM_PORT"]))
 
