@@ -1,20 +1,12 @@
-"""The instant downstream: the tests' scripted server, with Nagle's algorithm off.
+"""The instant downstream: the tests' scripted server (it answers at once by default).
 
-``tests.support.downstream_server.ScriptedDownstream`` answers at once, but it writes the
-status line and headers and then the body in two ``send`` calls. On a kept-alive
-connection (the worker reuses one ``requests.Session``) Nagle's algorithm holds the body
-back until the worker ACKs the headers, which Linux delays by ~40 ms: every stage call then
-takes ~44 ms instead of ~1 ms. The benchmarks measure the orchestrator, not that
-interaction, so their server sets ``TCP_NODELAY`` (``disable_nagle_algorithm``).
-
-``probe`` times calls to a server from this process, so the report shows what "instant"
-means on this machine — for the server used and for the unpatched one.
+``probe`` times calls to it from this process, so the report shows what "instant" means
+on this machine: the floor under every stage's figure.
 """
 
 from __future__ import annotations
 
 import time
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import requests
@@ -23,18 +15,6 @@ from benchmarks.stats import percentile
 from tests.support.downstream_server import ScriptedDownstream
 
 PROBE_CALLS = 20
-
-
-class InstantDownstream(ScriptedDownstream):
-    """ScriptedDownstream whose connections send each write at once (TCP_NODELAY)."""
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        base = super()._handler()
-
-        class NoDelayHandler(base):  # type: ignore[valid-type,misc]
-            disable_nagle_algorithm = True
-
-        return NoDelayHandler
 
 
 def probe(server: ScriptedDownstream, calls: int = PROBE_CALLS) -> float:
@@ -51,12 +31,5 @@ def probe(server: ScriptedDownstream, calls: int = PROBE_CALLS) -> float:
 
 def run(server: ScriptedDownstream) -> dict[str, float]:
     used = probe(server)
-    plain = ScriptedDownstream().start()
-    try:
-        unpatched = probe(plain)
-    finally:
-        plain.stop()
-    print(f"[downstream] one kept-alive stage call: p50 {used:.1f} ms with TCP_NODELAY "
-          f"(used here), {unpatched:.1f} ms with tests.support's server as is", flush=True)
-    return {"downstream_call_p50_ms": round(used, 1),
-            "downstream_call_unpatched_p50_ms": round(unpatched, 1)}
+    print(f"[downstream] one kept-alive stage call: p50 {used:.1f} ms", flush=True)
+    return {"downstream_call_p50_ms": round(used, 1)}

@@ -25,7 +25,7 @@ from pathlib import Path
 import psycopg2
 import requests
 
-from benchmarks.downstream import InstantDownstream
+from tests.support.downstream_server import ScriptedDownstream
 from cli.embedded import free_port
 from tests.conftest import API_TOKEN, make_env
 from tests.support.downstream_server import ScriptedDownstream
@@ -138,7 +138,7 @@ def running_stack() -> Iterator[Stack]:
         database_url = stack.enter_context(test_postgres(os.environ.get("TEST_DATABASE_URL")))
         upgrade(database_url)
         redis_url = stack.enter_context(test_redis(os.environ.get("TEST_REDIS_URL")))
-        downstream = InstantDownstream().start()
+        downstream = ScriptedDownstream().start()
         stack.callback(downstream.stop)
         env = bench_env(database_url, redis_url, downstream)
         port = free_port()
