@@ -25,7 +25,6 @@ from pathlib import Path
 import psycopg2
 import requests
 
-from tests.support.downstream_server import ScriptedDownstream
 from cli.embedded import free_port
 from tests.conftest import API_TOKEN, make_env
 from tests.support.downstream_server import ScriptedDownstream
