@@ -168,7 +168,7 @@ def _cost_table(result: dict[str, Any]) -> None:
 
 def _next_steps(stack: Stack, jobs: list[DemoJob]) -> None:
     click.echo("Where to look next:")
-    click.echo(f"  orchestrator jobs show {jobs[0].job_id}   "
-               "(needs DATABASE_URL; `orchestrator up` keeps the stack running)")
-    click.echo("  celery -A tasks flower   (Flower: live tasks and workers)")
-    click.echo(f"  the JSON logs of this run: {stack.log_dir}")
+    click.echo(f"  the JSON logs of this run (one event a line): {stack.log_dir}")
+    click.echo("  .venv/bin/orchestrator up   keeps this stack running and prints how to reach it;")
+    click.echo(f"  then: .venv/bin/orchestrator jobs show {jobs[0].job_id}")
+    click.echo("        .venv/bin/celery -A tasks flower   (live tasks and workers)")

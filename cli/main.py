@@ -135,13 +135,17 @@ def up() -> None:
         click.echo(f"API         {stack.api_url}   token: {stack.api_token or '(auth off)'}")
         click.echo(f"Downstream  {stack.downstream_url}")
         example = uuid.uuid4()
-        click.echo("Try:")
+        click.echo("Start a job:")
         click.echo(f"  curl -X POST {stack.api_url}/internal/jobs/{example}/start \\\n"
                    f"       -H 'Authorization: Bearer {stack.api_token}' \\\n"
                    f"       -H 'Content-Type: application/json' "
                    f"-d '{{\"input\": {{\"sample\": \"web-stack\"}}}}'")
         click.echo(f"  curl -H 'Authorization: Bearer {stack.api_token}' "
                    f"{stack.api_url}/internal/jobs/{example}")
+        click.echo("In another shell, for `orchestrator jobs …` and Flower:")
+        click.echo(f"  export DATABASE_URL='{stack.env['DATABASE_URL']}' "
+                   f"REDIS_URL='{stack.env['REDIS_URL']}'")
+        click.echo("  .venv/bin/orchestrator jobs list;  .venv/bin/celery -A tasks flower")
         click.echo("Ctrl-C to stop.")
         try:
             while all(c.proc.poll() is None for c in stack.children):
