@@ -179,3 +179,17 @@ def test_the_api_refuses_to_start_without_tokens(settings):
     open_app = create_app(replace(settings, api_tokens=(), auth_disabled=True),
                           enqueuer=lambda *a: None)
     assert open_app.test_client().get("/internal/jobs").status_code == 200
+
+
+def test_an_unexpected_error_is_a_json_500_without_details(api, monkeypatch):
+    import api.app as app_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("secret internals at /srv/app.py line 12")
+
+    monkeypatch.setattr(app_module, "start_job", broken)
+    response = api.start(uuid.uuid4())
+    assert response.status_code == 500
+    assert error_of(response) == {"code": "internal_error",
+                                  "message": "internal error; see the API's logs"}
+    assert b"secret" not in response.data and b"Traceback" not in response.data

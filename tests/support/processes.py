@@ -85,9 +85,14 @@ class Service:
 
 
 def start_worker(name: str, env: dict[str, str], log_dir: Path, concurrency: int = 2,
-                 timeout: float = 60) -> Service:
-    argv = [sys.executable, "-m", "cli", "worker", "--concurrency", str(concurrency),
-            "--hostname", f"{name}@%h", "--without-gossip", "--without-mingle"]
+                 timeout: float = 60, via_celery: bool = False) -> Service:
+    """`orchestrator worker`, or with ``via_celery`` Celery's own `celery -A tasks worker`."""
+    if via_celery:
+        argv = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "--pool", "prefork",
+                "--concurrency", str(concurrency), "--loglevel", "INFO"]
+    else:
+        argv = [sys.executable, "-m", "cli", "worker", "--concurrency", str(concurrency)]
+    argv += ["--hostname", f"{name}@%h", "--without-gossip", "--without-mingle"]
     service = Service(name, argv, env, log_dir)
     service.wait_event("worker.ready", timeout=timeout)
     return service
