@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import tempfile
 import time
 import uuid
@@ -28,7 +27,7 @@ import requests
 from cli.embedded import free_port
 from tests.conftest import API_TOKEN, make_env
 from tests.support.downstream_server import ScriptedDownstream
-from tests.support.processes import Service, wait_for
+from tests.support.processes import Service, start_api, start_worker
 from tests.support.services import test_postgres, test_redis
 
 WORKER_CONCURRENCY = 2
@@ -141,8 +140,10 @@ def running_stack() -> Iterator[Stack]:
         stack.callback(downstream.stop)
         env = bench_env(database_url, redis_url, downstream)
         port = free_port()
-        api = launch_api(stack, env, log_dir, port)
-        worker = launch_worker(stack, env, log_dir)
+        api = start_api(env, log_dir, port)
+        stack.callback(api.stop)
+        worker = start_worker("bench-worker", env, log_dir, concurrency=WORKER_CONCURRENCY)
+        stack.callback(worker.stop)
         db = JobsDb(database_url)
         stack.callback(db.close)
         running = Stack(f"http://127.0.0.1:{port}", env, api, worker, downstream, db)
@@ -151,37 +152,6 @@ def running_stack() -> Iterator[Stack]:
         except BenchmarkError:
             print_log_tails(running)
             raise
-
-
-def launch_worker(stack: contextlib.ExitStack, env: dict[str, str], log_dir: Path,
-                  timeout: float = 60) -> Service:
-    """``tests.support.processes.start_worker``, but its stop is registered before waiting
-    for it to be ready, so a Ctrl-C during start-up leaves no process behind."""
-    argv = [sys.executable, "-m", "cli", "worker", "--concurrency", str(WORKER_CONCURRENCY),
-            "--hostname", "bench-worker@%h", "--without-gossip", "--without-mingle"]
-    worker = Service("bench-worker", argv, env, log_dir)
-    stack.callback(worker.stop)
-    worker.wait_event("worker.ready", timeout=timeout)
-    return worker
-
-
-def launch_api(stack: contextlib.ExitStack, env: dict[str, str], log_dir: Path, port: int,
-               timeout: float = 30) -> Service:
-    """``tests.support.processes.start_api``, stop registered first (as above)."""
-    argv = [str(Path(sys.executable).parent / "orchestrator"), "api"]
-    api = Service("api", argv, {**env, "ORCHESTRATOR_PORT": str(port)}, log_dir)
-    stack.callback(api.stop)
-
-    def up() -> bool:
-        if api.proc.poll() is not None:
-            raise BenchmarkError("the API exited:\n" + api.log_path.read_text()[-3000:])
-        try:
-            return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok
-        except requests.RequestException:
-            return False
-
-    wait_for(up, timeout, "the API to answer /healthz")
-    return api
 
 
 def print_log_tails(stack: Stack, lines: int = 15) -> None:

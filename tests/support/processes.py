@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,8 +94,20 @@ def start_worker(name: str, env: dict[str, str], log_dir: Path, concurrency: int
         argv = [sys.executable, "-m", "cli", "worker", "--concurrency", str(concurrency)]
     argv += ["--hostname", f"{name}@%h", "--without-gossip", "--without-mingle"]
     service = Service(name, argv, env, log_dir)
-    service.wait_event("worker.ready", timeout=timeout)
+    with _stopped_unless_ready(service):
+        service.wait_event("worker.ready", timeout=timeout)
     return service
+
+
+@contextlib.contextmanager
+def _stopped_unless_ready(service: Service) -> Iterator[None]:
+    """Stop the process if waiting for it fails or is interrupted (Ctrl-C included), so a
+    failed start-up leaves nothing running."""
+    try:
+        yield
+    except BaseException:
+        service.stop()
+        raise
 
 
 def start_api(env: dict[str, str], log_dir: Path, port: int, timeout: float = 30) -> Service:
@@ -112,5 +124,6 @@ def start_api(env: dict[str, str], log_dir: Path, port: int, timeout: float = 30
         except requests.RequestException:
             return False
 
-    wait_for(up, timeout, "the API to answer /healthz")
+    with _stopped_unless_ready(service):
+        wait_for(up, timeout, "the API to answer /healthz")
     return service
