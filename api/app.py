@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,12 +20,13 @@ from api.serialize import job_detail, job_state
 from db.engine import make_engine
 from db.uow import PostgresUnitOfWork
 from orchestrator.errors import JobNotFound
-from orchestrator.logs import job_context
+from orchestrator.logs import job_context, log_event
 from orchestrator.ports import Canceller, Enqueuer
 from orchestrator.service import fail_job, start_job
 from orchestrator.settings import Settings
 
 MAX_BODY = 64 * 1024
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings, *, enqueuer: Enqueuer | None = None,
@@ -81,8 +83,14 @@ def _register_observability(app: Flask, metrics: Metrics) -> None:
     @app.after_request
     def finish(response: Response) -> Response:
         response.headers["X-Correlation-ID"] = g.get("correlation_id", "")
-        metrics.observe(request.method, request.url_rule.rule if request.url_rule else "other",
-                        response.status_code, time.monotonic() - g.get("started", 0.0))
+        seconds = time.monotonic() - g.get("started", time.monotonic())
+        route = request.url_rule.rule if request.url_rule else "other"
+        metrics.observe(request.method, route, response.status_code, seconds)
+        if not route.startswith(("/healthz", "/readyz", "/metrics")):
+            job = (request.view_args or {}).get("job_id")
+            with job_context(job, g.get("correlation_id")):
+                log_event(log, "api.request", method=request.method, path=request.path,
+                          status=response.status_code, duration_ms=int(seconds * 1000))
         return response
 
 

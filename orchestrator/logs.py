@@ -24,12 +24,22 @@ _correlation_id: ContextVar[str | None] = ContextVar("correlation_id", default=N
 @contextmanager
 def job_context(job_id: object, correlation_id: str | None) -> Iterator[None]:
     """Tag every log line inside the block with the job and its correlation id."""
-    tokens = (_job_id.set(str(job_id) if job_id else None), _correlation_id.set(correlation_id))
+    tokens = bind_job(job_id, correlation_id)
     try:
         yield
     finally:
-        _job_id.reset(tokens[0])
-        _correlation_id.reset(tokens[1])
+        unbind_job(tokens)
+
+
+def bind_job(job_id: object, correlation_id: str | None) -> tuple[Any, Any]:
+    """Like :func:`job_context`, for hooks that start and end in two calls (Celery's
+    task_prerun/task_postrun); pass the result to :func:`unbind_job`."""
+    return (_job_id.set(str(job_id) if job_id else None), _correlation_id.set(correlation_id))
+
+
+def unbind_job(tokens: tuple[Any, Any]) -> None:
+    _job_id.reset(tokens[0])
+    _correlation_id.reset(tokens[1])
 
 
 def current_correlation_id() -> str | None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from celery import Celery, signals
 
-from orchestrator.logs import configure_logging, log_event
+from orchestrator.logs import bind_job, configure_logging, log_event, unbind_job
 from orchestrator.settings import Settings
 from tasks import costing, enriching, parsing, planning
 from tasks.chain import task_name
@@ -66,7 +66,21 @@ def _connect_signals(app: Celery, settings: Settings) -> None:
         log_event(log, "worker.ready", queue=settings.celery_queue,
                   hostname=getattr(sender, "hostname", None))
 
+    bound: dict[str, tuple[Any, Any]] = {}
+
+    def prerun(task_id: str = "", task: Any = None, args: Any = (), **_: Any) -> None:
+        # Celery's own lines about a stage task (received, succeeded, retry) carry its job.
+        if isinstance(task, StageTask) and args:
+            bound[task_id] = bind_job(args[0], args[1] if len(args) > 1 else None)
+
+    def postrun(task_id: str = "", **_: Any) -> None:
+        tokens = bound.pop(task_id, None)
+        if tokens is not None:
+            unbind_job(tokens)
+
     uid = f"orchestrator-{id(app)}"
+    signals.task_prerun.connect(prerun, weak=False, dispatch_uid=f"{uid}-prerun")
+    signals.task_postrun.connect(postrun, weak=False, dispatch_uid=f"{uid}-postrun")
     signals.setup_logging.connect(setup_logging, weak=False, dispatch_uid=f"{uid}-log")
     signals.worker_process_init.connect(process_init, weak=False, dispatch_uid=f"{uid}-fork")
     signals.worker_ready.connect(ready, weak=False, dispatch_uid=f"{uid}-ready")

@@ -3,6 +3,7 @@ HTTP: the happy path, a start race, and the operator's CLI view."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -117,3 +118,7 @@ def test_logs_are_json_lines_with_the_standard_fields_and_no_secrets(stack):
             assert {"timestamp", "level", "event", "job_id", "correlation_id"} <= set(event)
         job_lines = [e for e in events if e["job_id"] == str(job_id)]
         assert job_lines and all(e["correlation_id"] for e in job_lines)
+        # Every line about the job carries it, Celery's own lines included
+        mentions = [e for e in events if str(job_id) in json.dumps(e.get("message", ""))]
+        assert all(e["job_id"] == str(job_id) for e in mentions), mentions
+    assert api.has_event("api.request", job_id=str(job_id), method="POST", status=202)
