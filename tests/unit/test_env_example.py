@@ -1,0 +1,45 @@
+""".env.example lists every setting with its real default: parsed as an environment it
+gives exactly the settings of an empty environment, and no variable the code reads is
+missing from it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from downstream.config import DownstreamConfig
+from orchestrator.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+READERS = ["orchestrator/settings.py", "orchestrator/stages.py", "downstream/config.py",
+           "cli/embedded.py"]
+
+
+def example() -> dict[str, str]:
+    pairs = {}
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def variables_read_by_the_code() -> set[str]:
+    names: set[str] = set()
+    for path in READERS:
+        text = (ROOT / path).read_text()
+        names |= set(re.findall(r'"([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+)"', text))
+    names |= {f"{stage}_{what}" for stage in ("PLANNING", "PARSING", "ENRICHING", "COSTING")
+              for what in ("TIMEOUT", "MAX_RETRIES")}
+    return names - {"XDG_DATA_HOME"}
+
+
+def test_the_listed_values_are_the_defaults():
+    assert Settings.from_env(example()) == Settings.from_env({})
+    listed = DownstreamConfig.from_env(example())
+    default = DownstreamConfig.from_env({})
+    assert (listed.token, listed.data_dir) == (default.token, default.data_dir)
+
+
+def test_every_variable_the_code_reads_is_listed():
+    assert variables_read_by_the_code() - set(example()) == set()
