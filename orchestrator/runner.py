@@ -34,7 +34,7 @@ from orchestrator.errors import (
     StageTimeout,
     TransientStageError,
 )
-from orchestrator.logs import job_context, log_event
+from orchestrator.logs import current_correlation_id, job_context, log_event
 from orchestrator.models import Job
 from orchestrator.outcomes import attempt_label, timeout_error
 from orchestrator.ports import Downstream, JobLock, LockFactory, UnitOfWork
@@ -268,8 +268,6 @@ class Heartbeat:
         self._context: tuple[str, str | None] = (str(job_id), None)
 
     def __enter__(self) -> Heartbeat:
-        from orchestrator.logs import current_correlation_id
-
         self._context = (str(self.job_id), current_correlation_id())
         self._thread.start()
         return self
