@@ -145,6 +145,7 @@ def test_cancellation_stops_the_stage_promptly(failing, downstream):
     downstream.script(job_id, "ENRICHING", Reply(release=release, hang_for=40))
     api.start(job_id)
     wait_for(lambda: downstream.calls_for(job_id, "ENRICHING"), 20, "ENRICHING to start")
+    pid = wait_for(lambda: _stage_pid(worker, job_id, "ENRICHING", 1), 10, "its pool process")
     # When an operator fails the job
     assert api.fail(job_id, "cancelled by test").status_code == 200
     # Then the task is interrupted within seconds, not at its 30 s timeout, writes nothing,
@@ -155,6 +156,7 @@ def test_cancellation_stops_the_stage_promptly(failing, downstream):
     assert job["current_state"] == "FAILED" and job["error_message"] == "cancelled by test"
     assert attempts(job, "ENRICHING") == [(1, "FAILED")]
     assert not downstream.calls_for(job_id, "COSTING")
+    os.kill(pid, 0)  # the pool process was interrupted, not killed
 
 
 def _stage_pid(worker, job_id, stage, attempt):
