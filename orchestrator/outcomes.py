@@ -26,9 +26,10 @@ TRANSIENT_STATUSES = frozenset({408, 429})
 RETRY_AFTER_STATUSES = frozenset({429, 503})
 
 
-def attempt_label(spec: StageSpec, attempt: int) -> str:
-    """``COSTING attempt 1/3``: how every message about an attempt begins."""
-    return f"{spec.name} attempt {attempt}/{spec.max_attempts}"
+def attempt_label(spec: StageSpec, attempt: int, allowed: int | None = None) -> str:
+    """``COSTING attempt 1/3``: how every message about an attempt begins. ``allowed`` is
+    the stage's attempts plus those lost with their worker (which are not retries)."""
+    return f"{spec.name} attempt {attempt}/{allowed or spec.max_attempts}"
 
 
 def service_error_text(body: str) -> str:
@@ -54,10 +55,11 @@ def service_error_text(body: str) -> str:
 
 
 def classify_response(
-    spec: StageSpec, attempt: int, status: int, body: str, retry_after_header: str | None
+    spec: StageSpec, attempt: int, status: int, body: str, retry_after_header: str | None,
+    allowed: int | None = None,
 ) -> dict[str, Any]:
     """Return the stage output of a 2xx JSON object reply, or raise the StageError it is."""
-    label = attempt_label(spec, attempt)
+    label = attempt_label(spec, attempt, allowed)
     service = spec.definition.service
     if not 200 <= status < 300:
         message = f"{label}: HTTP {status} from {service}: {service_error_text(body)}"
@@ -86,14 +88,17 @@ def classify_response(
     return output
 
 
-def transport_error(spec: StageSpec, attempt: int, what: str) -> StageError:
-    """A connection failure or timeout talking to the service: always transient."""
+def transport_error(spec: StageSpec, attempt: int, what: str, allowed: int | None = None
+                    ) -> StageError:
+    """A connection failure talking to the service: always transient."""
     return TransientStageError(
-        f"{attempt_label(spec, attempt)}: {what} ({spec.definition.service})", stage=spec.name)
+        f"{attempt_label(spec, attempt, allowed)}: {what} ({spec.definition.service})",
+        stage=spec.name)
 
 
-def timeout_error(spec: StageSpec, attempt: int, detail: str = "") -> StageTimeout:
+def timeout_error(spec: StageSpec, attempt: int, detail: str = "",
+                  allowed: int | None = None) -> StageTimeout:
     """The attempt used up its stage's timeout: transient, like any other."""
     return StageTimeout(
-        f"{attempt_label(spec, attempt)}: timed out after {spec.timeout:g}s{detail} "
+        f"{attempt_label(spec, attempt, allowed)}: timed out after {spec.timeout:g}s{detail} "
         f"({spec.definition.service})", stage=spec.name)

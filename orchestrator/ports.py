@@ -101,5 +101,7 @@ class Canceller(Protocol):
 
 class Downstream(Protocol):
     def __call__(self, spec: StageSpec, job_id: UUID, attempt: int, input: dict[str, Any],
-                 correlation_id: str | None, timeout: float) -> dict[str, Any]:
-        """POST one attempt; the output, or a TransientStageError/PermanentStageError."""
+                 correlation_id: str | None, timeout: float, allowed: int | None = None
+                 ) -> dict[str, Any]:
+        """POST one attempt; the output, or a TransientStageError/PermanentStageError
+        whose message says ``attempt n/allowed``."""

@@ -130,9 +130,9 @@ class StageRunner:
             if fence is None:
                 return self._skip("job moved on before the claim")
             counts = jobs.attempt_counts(job.job_id, state.value)
-            attempt = counts.total + 1
+            attempt, allowed = counts.total + 1, spec.max_attempts + counts.lost
             if counts.lost >= self.settings.max_lost_attempts:
-                message = (f"{attempt_label(spec, attempt)}: gave up after "
+                message = (f"{attempt_label(spec, attempt, allowed)}: gave up after "
                            f"{counts.lost} attempts ended with their worker lost")
                 jobs.start_attempt(job.job_id, state.value, attempt, {}, fence=fence,
                                    task_id=task_id)
@@ -145,7 +145,7 @@ class StageRunner:
         heartbeat = Heartbeat(self, job.job_id, state, fence, lock)
         with heartbeat:
             try:
-                output = self._call(spec, job, attempt, stage_input, started)
+                output = self._call(spec, job, attempt, allowed, stage_input, started)
             except StageError as exc:
                 return self._attempt_failed(job, spec, fence, attempt, counts.failed, exc,
                                             _ms(started))
@@ -153,13 +153,13 @@ class StageRunner:
             return self._skip("lock lost during the stage; result discarded")
         return self._advance(job, spec, fence, attempt, output, started)
 
-    def _call(self, spec: StageSpec, job: Job, attempt: int, stage_input: dict[str, Any],
-              started: float) -> dict[str, Any]:
+    def _call(self, spec: StageSpec, job: Job, attempt: int, allowed: int,
+              stage_input: dict[str, Any], started: float) -> dict[str, Any]:
         try:
             return self.downstream(spec, job.job_id, attempt, stage_input, job.correlation_id,
-                                   spec.timeout - (time.monotonic() - started))
+                                   spec.timeout - (time.monotonic() - started), allowed)
         except self.timeout_errors as exc:
-            raise timeout_error(spec, attempt) from exc
+            raise timeout_error(spec, attempt, allowed=allowed) from exc
 
     def _advance(self, job: Job, spec: StageSpec, fence: int, attempt: int,
                  output: dict[str, Any], started: float) -> Outcome:
@@ -195,7 +195,9 @@ class StageRunner:
             if job is None or running is None:
                 return self._skip("no open attempt for the timed-out task")
             attempt, fence, elapsed = running
-            error = timeout_error(spec, attempt, " (hard time limit: worker process killed)")
+            # The killed attempt is still RUNNING, so counted among the lost ones here.
+            error = timeout_error(spec, attempt, " (hard time limit: worker process killed)",
+                                  allowed=spec.max_attempts + counts.lost - 1)
             outcome = self._attempt_failed(job, spec, fence, attempt, counts.failed, error,
                                            int(elapsed * 1000))
             if not isinstance(outcome, Skipped):

@@ -23,7 +23,8 @@ class HttpDownstream:
         self.session = requests.Session()
 
     def __call__(self, spec: StageSpec, job_id: UUID, attempt: int, input: dict[str, Any],
-                 correlation_id: str | None, timeout: float) -> dict[str, Any]:
+                 correlation_id: str | None, timeout: float, allowed: int | None = None
+                 ) -> dict[str, Any]:
         headers = {"Idempotency-Key": f"{job_id}:{spec.name}",
                    "X-Correlation-ID": correlation_id or ""}
         if self.token:
@@ -35,9 +36,9 @@ class HttpDownstream:
             response = self.session.post(spec.url, json=body, headers=headers,
                                          timeout=(min(CONNECT_TIMEOUT, timeout), timeout))
         except requests.Timeout as exc:
-            raise timeout_error(spec, attempt) from exc
+            raise timeout_error(spec, attempt, allowed=allowed) from exc
         except requests.RequestException as exc:
-            raise transport_error(spec, attempt, f"connection failed: {type(exc).__name__}"
-                                  ) from exc
+            raise transport_error(spec, attempt, f"connection failed: {type(exc).__name__}",
+                                  allowed) from exc
         return classify_response(spec, attempt, response.status_code, response.text,
-                                 response.headers.get("Retry-After"))
+                                 response.headers.get("Retry-After"), allowed)

@@ -218,7 +218,7 @@ def test_a_stage_that_keeps_killing_its_worker_is_capped(database_url, redis_url
         release.set()
         worker.stop()
     assert job["current_state"] == "FAILED"
-    assert job["error_message"] == ("PLANNING attempt 3/3: gave up after 2 attempts ended "
+    assert job["error_message"] == ("PLANNING attempt 3/5: gave up after 2 attempts ended "
                                     "with their worker lost")
     assert [(s["attempt_number"], s["status"], s["error_message"]) for s in job["stages"]][:2] \
         == [(1, "FAILED", "worker lost"), (2, "FAILED", "worker lost")]
