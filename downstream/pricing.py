@@ -35,6 +35,12 @@ FREE_TYPES = frozenset({
 })
 
 
+# EBS baselines and tiers the catalog's single prices depend on.
+GP3_BASELINE_IOPS = 3000
+GP3_BASELINE_MBPS = 125
+IO2_FIRST_TIER_IOPS = 32000
+
+
 class Unpriced(Exception):
     """The catalog cannot price this resource; the message is the reason shown."""
 
@@ -186,7 +192,7 @@ def _block_devices(side: Side, key: str, label: str) -> list[Line]:
             side.notes.append(f"{key} size comes from the AMI; not priced")
             continue
         lines += _ebs_lines(side, block.get("volume_type") or "gp2", block["volume_size"],
-                            block.get("iops"), label)
+                            block.get("iops"), label, block.get("throughput"))
     return lines
 
 
@@ -206,21 +212,32 @@ def _aws_ebs_volume(side: Side) -> list[Line]:
 def _ebs_lines(
     side: Side, volume_type: str, size: Any, iops: Any, label: str, throughput: Any = None
 ) -> list[Line]:
-    """Storage (and io1 IOPS) lines of one EBS volume.
+    """Storage lines of one EBS volume, plus provisioned IOPS (io1, io2) and gp3 extras.
 
     gp3 IOPS and throughput unknown at plan time are AWS's baseline (3,000 and 125 MB/s),
-    which the storage price includes; set above it, they have no catalog number.
+    which the storage price includes; set above it, the part above is priced per
+    IOPS-month and MBps-month. io2 IOPS are priced in tiers by AWS; the catalog has the
+    first tier only, so more than 32,000 IOPS is unpriced.
     """
     storage = side.price(f"ebs:{volume_type}:storage", f"EBS {volume_type} storage")
     lines = [Line(f"{label} storage ({volume_type})", storage, _quantity(size, "volume size"))]
     if volume_type in ("io1", "io2"):
         if iops == UNKNOWN:
             raise Unpriced(f"iops of the {volume_type} volume is known only after apply")
+        if volume_type == "io2" and _over(iops, IO2_FIRST_TIER_IOPS):
+            raise Unpriced("no catalog price for io2 IOPS above 32,000 (AWS prices them in tiers)")
         iops_price = side.price(f"ebs:{volume_type}:iops", f"EBS {volume_type} provisioned IOPS")
         lines.append(Line(f"{label} provisioned IOPS ({volume_type})", iops_price,
                           _quantity(iops, "iops")))
-    if volume_type == "gp3" and (_over(iops, 3000) or _over(throughput, 125)):
-        raise Unpriced("no catalog price for gp3 IOPS above 3,000 or throughput above 125 MB/s")
+    if volume_type == "gp3":
+        for value, baseline, key, what in (
+            (iops, GP3_BASELINE_IOPS, "iops", "IOPS above 3,000"),
+            (throughput, GP3_BASELINE_MBPS, "throughput", "throughput above 125 MB/s"),
+        ):
+            if _over(value, baseline):
+                price = side.price(f"ebs:gp3:{key}", f"gp3 {what}")
+                lines.append(Line(f"{label} provisioned {what} (gp3)", price,
+                                  _quantity(value, key) - baseline))
     return lines
 
 
@@ -229,7 +246,10 @@ def _over(value: Any, baseline: int) -> bool:
 
 
 def _aws_db_instance(side: Side) -> list[Line]:
-    """An RDS instance: on-demand hours by engine and class, plus storage."""
+    """An RDS instance: on-demand hours by engine and class, storage, io1/io2 IOPS.
+
+    gp3 IOPS set above the included baseline have no catalog number: unpriced.
+    """
     engine, klass = side.known("engine"), side.known("instance_class")
     if engine is None or klass is None:
         raise Unpriced("engine and instance_class must both be set to price an RDS instance")
@@ -243,10 +263,26 @@ def _aws_db_instance(side: Side) -> list[Line]:
     storage = side.price(f"rds:storage:{storage_type}:{deployment}",
                          f"RDS {storage_type} storage ({label})")
     size = _quantity(side.known("allocated_storage", 0), "allocated_storage")
-    return [
+    lines = [
         Line(f"Database instance ({engine}, {label}, {klass})", hourly, side.hours()),
         Line(f"Database storage ({storage_type}, {label})", storage, size),
     ]
+    iops = side.values.get("iops")
+    if storage_type in ("io1", "io2"):
+        iops = side.known("iops")
+        iops_price = side.price(f"rds:iops:{storage_type}:{deployment}",
+                                f"RDS {storage_type} provisioned IOPS ({label})")
+        lines.append(Line(f"Provisioned IOPS ({storage_type}, {label})", iops_price,
+                          _quantity(iops, "iops")))
+    if storage_type == "gp3" and _over(iops, _rds_gp3_baseline_iops(engine, size)):
+        raise Unpriced("no catalog price for RDS gp3 IOPS above the included baseline")
+    return lines
+
+
+def _rds_gp3_baseline_iops(engine: str, size: Decimal) -> int:
+    """IOPS included with RDS gp3: 12,000 from 400 GB (3,000 below, and always for Oracle,
+    whose threshold differs: counted low, so a larger Oracle volume is left unpriced)."""
+    return 12000 if size >= 400 and not str(engine).startswith("oracle") else 3000
 
 
 def _aws_nat_gateway(side: Side) -> list[Line]:

@@ -34,6 +34,21 @@ def rows(result: dict[str, Any]) -> dict[str, tuple[float, float, bool]]:
     ("nat:hour", "0.045", "hour"),
     ("lb:application:hour", "0.0225", "hour"),
     ("lambda:requests", "0.20", "1M requests"),
+    ("ec2:t3.nano", "0.0052", "hour"),
+    ("ec2:m5.8xlarge", "1.536", "hour"),
+    ("ec2:c5.4xlarge", "0.68", "hour"),
+    ("ec2:r5.large", "0.126", "hour"),
+    ("ec2:r5.4xlarge", "1.008", "hour"),
+    ("ebs:io2:storage", "0.125", "GB-month"),
+    ("ebs:io2:iops", "0.065", "IOPS-month"),
+    ("ebs:gp3:iops", "0.005", "IOPS-month"),
+    ("ebs:gp3:throughput", "0.04", "MBps-month"),
+    ("rds:postgres:db.t3.large:single-az", "0.145", "hour"),
+    ("rds:mysql:db.t3.large:multi-az", "0.272", "hour"),
+    ("rds:storage:gp3:single-az", "0.115", "GB-month"),
+    ("rds:iops:io1:single-az", "0.10", "IOPS-month"),
+    ("lb:network:hour", "0.0225", "hour"),
+    ("lb:classic:hour", "0.025", "hour"),
 ])
 def test_catalog_prices(key: str, price: str, unit: str) -> None:
     entry = CATALOG.get(key)
@@ -42,9 +57,24 @@ def test_catalog_prices(key: str, price: str, unit: str) -> None:
     assert entry.source.endswith(")") or "derived" in entry.source
 
 
+def test_new_entries_cite_the_file_and_commit_they_were_read_at() -> None:
+    r5 = CATALOG.get("ec2:r5.large")
+    io2 = CATALOG.get("ebs:io2:storage")
+    postgres = CATALOG.get("rds:postgres:db.t3.large:single-az")
+    assert r5 is not None and io2 is not None and postgres is not None
+    assert "zz_generated.pricing_aws.go" in r5.source
+    assert "031e72b6099630e960dacb88b48a7e9bb780945f" in r5.source
+    assert "2026-01-19" in r5.source
+    assert "ebs_volume_test.golden" in io2.source and "derived from 30 GB = $3.75" in io2.source
+    assert "db_instance_test.golden" in postgres.source
+    assert "derived from 730 h = $105.85" in postgres.source
+
+
 def test_catalog_has_no_invented_numbers() -> None:
-    for absent in ("rds:postgres:db.t3.medium:single-az", "ec2:r5.large", "lb:network:hour",
-                   "ebs:io2:storage", "lb:classic:hour"):
+    for absent in ("rds:postgres:db.t3.medium:single-az", "rds:mysql:db.t3.medium:single-az",
+                   "rds:postgres:db.t3.micro:single-az", "rds:postgres:db.m5.large:single-az",
+                   "rds:postgres:db.t3.large:multi-az", "rds:iops:io1:multi-az",
+                   "ec2:r5.8xlarge", "ec2:t3a.micro"):
         assert CATALOG.get(absent) is None
     assert CATALOG.describe() == {"name": "aws_us_east_1", "currency": "USD",
                                   "region": "us-east-1", "hours_per_month": 730,
@@ -159,3 +189,66 @@ def test_forget_keeps_its_cost_and_rounding_is_half_up() -> None:
                      {"unit_price": 0.0225, "quantity_before": 730, "quantity_after": 0}]}}
     row = cost_resources([forgotten])["resources"][0]
     assert (row["monthly_cost_before"], row["monthly_cost_after"]) == (16.43, 16.43)
+
+
+def created(rtype: str, after: dict[str, Any]) -> dict[str, Any]:
+    """A resource created in us-east-1 by the AWS provider, as PARSING gives it."""
+    return {"address": f"{rtype}.x", "type": rtype, "action": "create",
+            "provider": "registry.terraform.io/hashicorp/aws", "region": "us-east-1",
+            "before": None, "after": after}
+
+
+def monthly(rtype: str, after: dict[str, Any]) -> tuple[float, bool]:
+    row = cost_resources([enrich_resource(created(rtype, after), CATALOG)])["resources"][0]
+    return row["monthly_cost_after"], row["priced"]
+
+
+@pytest.mark.parametrize("rtype, after, cost", [
+    # r5.large 0.126 x 730 = 91.98 + 50 GB gp3 x 0.08 = 4.00
+    ("aws_instance", {"instance_type": "r5.large",
+                      "root_block_device": [{"volume_size": 50, "volume_type": "gp3"}]}, 95.98),
+    # io2 100 GB x 0.125 = 12.50 + 2,000 IOPS x 0.065 = 130.00
+    ("aws_ebs_volume", {"type": "io2", "size": 100, "iops": 2000}, 142.5),
+    # gp3 40 GB x 0.08 = 3.20 + (4,000 - 3,000) IOPS x 0.005 = 5.00 + (130 - 125) MBps x 0.04
+    # = 0.20: Infracost's golden shows the same three lines.
+    ("aws_ebs_volume", {"type": "gp3", "size": 40, "iops": 4000, "throughput": 130}, 8.4),
+    # postgres db.t3.large 0.145 x 730 = 105.85 + 100 GB gp3 x 0.115 = 11.50
+    ("aws_db_instance", {"engine": "postgres", "instance_class": "db.t3.large",
+                         "allocated_storage": 100, "storage_type": "gp3", "multi_az": False,
+                         "iops": 3000}, 117.35),
+    # 400 GB gp3 includes 12,000 IOPS: 105.85 + 400 x 0.115 = 46.00
+    ("aws_db_instance", {"engine": "postgres", "instance_class": "db.t3.large",
+                         "allocated_storage": 400, "storage_type": "gp3", "iops": 12000},
+     151.85),
+    # mysql db.t3.large 99.28 + io1 100 GB x 0.125 = 12.50 + 1,200 IOPS x 0.10 = 120.00
+    ("aws_db_instance", {"engine": "mysql", "instance_class": "db.t3.large",
+                         "allocated_storage": 100, "storage_type": "io1", "iops": 1200},
+     231.78),
+    # Multi-AZ mysql db.t3.large 0.272 x 730 = 198.56 + 30 GB gp2 x 0.23 = 6.90
+    ("aws_db_instance", {"engine": "mysql", "instance_class": "db.t3.large",
+                         "allocated_storage": 30, "storage_type": "gp2", "multi_az": True},
+     205.46),
+    # NLB 0.0225 x 730 = 16.425 -> 16.43; Classic 0.025 x 730 = 18.25
+    ("aws_lb", {"load_balancer_type": "network"}, 16.43),
+    ("aws_elb", {}, 18.25),
+])
+def test_new_catalog_entries_price_by_hand(rtype: str, after: dict[str, Any],
+                                           cost: float) -> None:
+    assert monthly(rtype, after) == (cost, True)
+
+
+@pytest.mark.parametrize("rtype, after, reason", [
+    ("aws_ebs_volume", {"type": "io2", "size": 100, "iops": 40000},
+     "no catalog price for io2 IOPS above 32,000 (AWS prices them in tiers)"),
+    ("aws_db_instance", {"engine": "postgres", "instance_class": "db.t3.large",
+                         "allocated_storage": 20, "storage_type": "gp3", "iops": 4000},
+     "no catalog price for RDS gp3 IOPS above the included baseline"),
+    ("aws_db_instance", {"engine": "postgres", "instance_class": "db.t3.large",
+                         "allocated_storage": 100, "storage_type": "io1", "iops": 1000,
+                         "multi_az": True},
+     "no catalog price for RDS postgres db.t3.large (Multi-AZ)"),
+])
+def test_what_the_catalog_cannot_price_stays_unpriced(rtype: str, after: dict[str, Any],
+                                                      reason: str) -> None:
+    pricing = enrich_resource(created(rtype, after), CATALOG)["pricing"]
+    assert (pricing["priced"], pricing["unpriced_reason"]) == (False, reason)
