@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.support.downstream_server import ScriptedDownstream
-from tests.support.services import test_postgres, test_redis
+from tests.support.services import postgres_database, test_postgres, test_redis
 
 API_TOKEN = "test-token-" + uuid.uuid4().hex[:8]
 DOWNSTREAM_TOKEN = "downstream-" + uuid.uuid4().hex[:8]
@@ -27,6 +27,31 @@ def database_url() -> Iterator[str]:
     with test_postgres(os.environ.get("TEST_DATABASE_URL")) as url:
         upgrade(url)
         yield url
+
+
+def _migrated_database(database_url: str) -> Iterator[str]:
+    from db.migrate import upgrade
+
+    with postgres_database(database_url) as url:
+        upgrade(url)
+        yield url
+
+
+@pytest.fixture
+def private_database(database_url: str) -> Iterator[str]:
+    """A migrated database of the test's own, on the same server, dropped afterwards.
+
+    A database, a queue and a lock prefix make one deployment. Tests that start workers of
+    their own get all three, so that no other worker's recovery pass (which resumes any
+    stalled job of its database) takes their jobs over, and their counts stay their own.
+    """
+    yield from _migrated_database(database_url)
+
+
+@pytest.fixture(scope="module")
+def module_database(database_url: str) -> Iterator[str]:
+    """:func:`private_database` shared by one module's tests."""
+    yield from _migrated_database(database_url)
 
 
 @pytest.fixture(scope="session")

@@ -38,9 +38,9 @@ def test_migrate_creates_the_schema_and_is_idempotent(database_url):
             assert sql.fetchone()[0] == "0002"
 
 
-def test_recover_resumes_a_stalled_job_once(database_url, redis_url, downstream):
-    env = make_env(database_url, redis_url, downstream, RECOVERY_STALE_AFTER=1)
-    uow = PostgresUnitOfWork(make_engine(database_url, pool_size=1))
+def test_recover_resumes_a_stalled_job_once(private_database, redis_url, downstream):
+    env = make_env(private_database, redis_url, downstream, RECOVERY_STALE_AFTER=1)
+    uow = PostgresUnitOfWork(make_engine(private_database, pool_size=1))
     job_id = uuid.uuid4()
     with uow() as jobs:
         jobs.insert_if_absent(job_id, {}, None)
@@ -56,8 +56,9 @@ def test_recover_resumes_a_stalled_job_once(database_url, redis_url, downstream)
     assert "resumed 0 job(s)" in recover()  # the first pass marked it: not stale any more
 
 
-def test_sigterm_lets_the_api_finish_requests_in_flight(database_url, redis_url, downstream,
-                                                        log_dir):
+def test_sigterm_lets_the_api_finish_requests_in_flight(private_database, redis_url,
+                                                        downstream, log_dir):
+    database_url = private_database
     env = make_env(database_url, redis_url, downstream)
     port = free_port()
     api = start_api(env, log_dir, port)

@@ -23,8 +23,8 @@ HEADERS = {"Authorization": f"Bearer {API_TOKEN}"}
 
 
 @pytest.fixture(scope="module")
-def stack(database_url, redis_url, downstream, log_dir):
-    env = make_env(database_url, redis_url, downstream)
+def stack(module_database, redis_url, downstream, log_dir):
+    env = make_env(module_database, redis_url, downstream)
     port = free_port()
     api = start_api(env, log_dir, port)
     worker = start_worker("e2e-worker", env, log_dir, via_celery=True)  # celery -A tasks

@@ -3,6 +3,7 @@ pytest plugin does), the API app over the same services, and helpers to drive jo
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from flask.testing import FlaskClient
 from api.app import create_app
 from orchestrator.settings import Settings
 from tests.conftest import API_TOKEN
+from tests.support.downstream_server import Reply
 from tests.support.processes import Service, start_worker, wait_for
 
 pytestmark = pytest.mark.integration
@@ -89,3 +91,14 @@ def ended_without_writing(worker, job_id) -> bool:
     found the job changed (fenced out), or a cancellation interrupted it."""
     return any(worker.has_event(e, job_id=str(job_id))
                for e in ("stage.fenced_out", "stage.interrupted"))
+
+
+def start_with_a_hang(api: Api, downstream, job_id: object, stage: str,
+                      hang_for: float = 60) -> threading.Event:
+    """Start ``job_id`` with ``stage``'s service hanging on attempt 1 (later attempts answer
+    normally); return once that call has arrived, with the event that lets it answer."""
+    release = threading.Event()
+    downstream.script(job_id, stage, {1: Reply(release=release, hang_for=hang_for)})
+    assert api.start(job_id).status_code == 202
+    wait_for(lambda: downstream.calls_for(job_id, stage), 30, f"{stage} to be called")
+    return release

@@ -7,7 +7,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-import threading
 import uuid
 from datetime import UTC, datetime
 
@@ -20,7 +19,7 @@ from orchestrator.service import recover
 from orchestrator.settings import Settings
 from orchestrator.states import State
 from tests.conftest import make_env
-from tests.integration.conftest import HAPPY_PATH, Api, transitions
+from tests.integration.conftest import HAPPY_PATH, Api, start_with_a_hang, transitions
 from tests.support.downstream_server import Reply
 from tests.support.processes import start_worker, wait_for
 
@@ -29,9 +28,9 @@ STAGES = ["PLANNING", "PARSING", "ENRICHING", "COSTING"]
 
 
 @pytest.fixture
-def pair(database_url, redis_url, downstream, log_dir):
-    """Two workers on their own queue, with quick lock expiry and recovery."""
-    env = make_env(database_url, redis_url, downstream, **FAST_RECOVERY)
+def pair(private_database, redis_url, downstream, log_dir):
+    """Two workers on their own database and queue, with quick lock expiry and recovery."""
+    env = make_env(private_database, redis_url, downstream, **FAST_RECOVERY)
     tag = uuid.uuid4().hex[:6]
     workers = [start_worker(f"pair-{tag}-{n}", env, log_dir) for n in "ab"]
     yield Api(create_app(Settings.from_env(env)).test_client()), workers, env
@@ -55,9 +54,7 @@ def test_sigkill_in_any_stage_and_the_job_still_completes_exactly_once(
     api, workers, _ = pair
     job_id = uuid.uuid4()
     # Given the stage's service hangs on its first attempt
-    hang = threading.Event()
-    downstream.script(job_id, stage, {1: Reply(release=hang, hang_for=60)})
-    api.start(job_id)
+    hang = start_with_a_hang(api, downstream, job_id, stage)
     victim = running_worker(workers, job_id, stage)
     # When the worker running it is killed with SIGKILL (main process and pool)
     killed_at = datetime.now(UTC)
@@ -81,9 +78,7 @@ def test_sigkill_in_any_stage_and_the_job_still_completes_exactly_once(
 def test_a_paused_worker_that_wakes_up_cannot_write(pair, downstream):
     api, workers, _ = pair
     job_id = uuid.uuid4()
-    hang = threading.Event()
-    downstream.script(job_id, "PARSING", {1: Reply(release=hang, hang_for=60)})
-    api.start(job_id)
+    hang = start_with_a_hang(api, downstream, job_id, "PARSING")
     paused = running_worker(workers, job_id, "PARSING")
     # Given the worker running PARSING is frozen (SIGSTOP) past the lock's TTL
     paused.signal(signal.SIGSTOP)
@@ -154,7 +149,10 @@ def _recovery_pass(database_url, redis_url, prefix, barrier, results):
     results.put(sent)
 
 
-def test_concurrent_recovery_passes_resume_each_job_once(database_url, redis_url):
+def test_concurrent_recovery_passes_resume_each_job_once(private_database, redis_url):
+    # (a database of its own: the session's workers run recovery passes too, and would
+    # resume the stalled jobs below before the racing passes could)
+    database_url = private_database
     # Given stalled jobs (started, no progress) and one whose lock is held
     uow = PostgresUnitOfWork(make_engine(database_url, pool_size=1))
     prefix = f"recovery-race-{uuid.uuid4().hex[:6]}:"

@@ -27,8 +27,8 @@ LIMITS = {
 
 
 @pytest.fixture(scope="module")
-def failing(database_url, redis_url, downstream, log_dir):
-    env = make_env(database_url, redis_url, downstream, **LIMITS)
+def failing(module_database, redis_url, downstream, log_dir):
+    env = make_env(module_database, redis_url, downstream, **LIMITS)
     worker = start_worker("failures-worker", env, log_dir)
     yield Api(create_app(Settings.from_env(env)).test_client()), worker
     worker.stop()
@@ -39,7 +39,7 @@ def attempts(job, stage):
 
 
 def test_transient_errors_are_retried_with_growing_gaps(failing, downstream):
-    api, _ = failing
+    api, worker = failing
     job_id = uuid.uuid4()
     # Given a plan interpreter that answers 503, then 502, then works
     downstream.script(job_id, "PARSING", {1: Reply(503, {"error": "busy"}),
@@ -59,7 +59,9 @@ def test_transient_errors_are_retried_with_growing_gaps(failing, downstream):
     assert [c.attempt for c in calls] == [1, 2, 3]
     first_gap, second_gap = calls[1].at - calls[0].at, calls[2].at - calls[1].at
     assert first_gap >= 0.3 and second_gap >= 0.6  # base 0.3 × 2^(k−1), jitter off
-    assert second_gap > first_gap
+    scheduled = [e["delay_s"] for e in worker.events()
+                 if e.get("event") == "stage.retry_scheduled" and e.get("job_id") == str(job_id)]
+    assert scheduled == [0.3, 0.6]
 
 
 def test_retry_after_is_honoured(failing, downstream):
@@ -194,11 +196,11 @@ def test_the_hard_time_limit_is_retried_like_any_timeout(failing, downstream):
     assert worker.has_event("lock.broken", job_id=str(job_id))
 
 
-def test_a_stage_that_keeps_killing_its_worker_is_capped(database_url, redis_url, downstream,
-                                                         log_dir):
+def test_a_stage_that_keeps_killing_its_worker_is_capped(private_database, redis_url,
+                                                         downstream, log_dir):
     # Given a worker whose poison cap is 2 lost attempts, with quick lock expiry and
     # recovery, and a PLANNING call that hangs until its process is killed
-    env = make_env(database_url, redis_url, downstream, MAX_LOST_ATTEMPTS=2, LOCK_TTL=2,
+    env = make_env(private_database, redis_url, downstream, MAX_LOST_ATTEMPTS=2, LOCK_TTL=2,
                    RECOVERY_STALE_AFTER=2, RECOVERY_INTERVAL=0.5)
     api = Api(create_app(Settings.from_env(env)).test_client())
     worker = start_worker("poison-worker", env, log_dir)

@@ -4,7 +4,6 @@ not ready meanwhile, and jobs in flight end terminal with nothing lost or double
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 
@@ -14,8 +13,7 @@ from api.app import create_app
 from db.migrate import upgrade
 from orchestrator.settings import Settings
 from tests.conftest import make_env
-from tests.integration.conftest import HAPPY_PATH, Api, transitions
-from tests.support.downstream_server import Reply
+from tests.integration.conftest import HAPPY_PATH, Api, start_with_a_hang, transitions
 from tests.support.processes import start_worker, wait_for
 from tests.support.services import ThrowawayPostgres, ThrowawayRedis, postgres_database
 
@@ -27,17 +25,14 @@ def readiness(api: Api) -> tuple[int, dict]:
     return response.status_code, response.get_json()
 
 
-def test_redis_restart_mid_run(database_url, downstream, log_dir, tmp_path):
+def test_redis_restart_mid_run(private_database, downstream, log_dir, tmp_path):
     redis_server = ThrowawayRedis(tmp_path).start()
-    env = make_env(database_url, redis_server.url, downstream, **FAST)
+    env = make_env(private_database, redis_server.url, downstream, **FAST)
     api = Api(create_app(Settings.from_env(env)).test_client())
     worker = start_worker("redis-outage", env, log_dir)
     try:
         job_id = uuid.uuid4()
-        release = threading.Event()
-        downstream.script(job_id, "PARSING", {1: Reply(release=release, hang_for=30)})
-        assert api.start(job_id).status_code == 202
-        wait_for(lambda: downstream.calls_for(job_id, "PARSING"), 20, "PARSING to start")
+        release = start_with_a_hang(api, downstream, job_id, "PARSING")
         # When Redis dies mid-stage (losing the queue, the lock and every message)
         redis_server.kill()
         status, body = readiness(api)
@@ -76,10 +71,7 @@ def test_postgres_restart_mid_run(throwaway_postgres, redis_url, downstream, log
         worker = start_worker("pg-outage", env, log_dir)
         try:
             job_id = uuid.uuid4()
-            release = threading.Event()
-            downstream.script(job_id, "PARSING", {1: Reply(release=release, hang_for=30)})
-            assert api.start(job_id).status_code == 202
-            wait_for(lambda: downstream.calls_for(job_id, "PARSING"), 20, "PARSING to start")
+            release = start_with_a_hang(api, downstream, job_id, "PARSING")
             # When PostgreSQL crashes while PARSING is in flight, and its answer arrives
             throwaway_postgres.crash()
             status, body = readiness(api)

@@ -3,14 +3,12 @@ its enqueue, and after a worker is killed with SIGKILL in the middle of a stage.
 
 from __future__ import annotations
 
-import threading
 import uuid
 
 from api.app import create_app
 from orchestrator.settings import Settings
 from tests.conftest import make_env
-from tests.integration.conftest import HAPPY_PATH, Api, transitions
-from tests.support.downstream_server import Reply
+from tests.integration.conftest import HAPPY_PATH, Api, start_with_a_hang, transitions
 from tests.support.processes import start_worker, wait_for
 
 
@@ -33,19 +31,17 @@ def test_a_job_committed_but_never_enqueued_is_resumed(settings, worker, api):
 
 
 def test_sigkill_during_a_stage_then_another_worker_finishes_the_job(
-        database_url, redis_url, downstream, log_dir):
-    # Given two workers on their own queue, and a PARSING service that hangs on attempt 1
-    env = make_env(database_url, redis_url, downstream)
+        private_database, redis_url, downstream, log_dir):
+    # Given two workers on their own database and queue, and a PARSING service that hangs
+    # on attempt 1
+    env = make_env(private_database, redis_url, downstream)
     settings = Settings.from_env(env)
     api = Api(create_app(settings).test_client())
     first = start_worker("kill-a", env, log_dir)
     second = start_worker("kill-b", env, log_dir)
     try:
         job_id = uuid.uuid4()
-        hang = threading.Event()
-        downstream.script(job_id, "PARSING", {1: Reply(release=hang, hang_for=120)})
-        assert api.start(job_id).status_code == 202
-        wait_for(lambda: downstream.calls_for(job_id, "PARSING"), 30, "PARSING to start")
+        hang = start_with_a_hang(api, downstream, job_id, "PARSING")
         running = wait_for(
             lambda: next((w for w in (first, second)
                           if w.has_event("stage.started", job_id=str(job_id),

@@ -22,7 +22,9 @@ JOBS, WORKERS, KILLS = 30, 3, 4
 STAGES = ("PLANNING", "PARSING", "ENRICHING", "COSTING")
 
 
-def test_every_job_survives_a_storm_of_sigkills(database_url, redis_url, downstream, log_dir):
+def test_every_job_survives_a_storm_of_sigkills(private_database, redis_url, downstream,
+                                                log_dir):
+    database_url = private_database
     env = make_env(database_url, redis_url, downstream, LOCK_TTL=2, RECOVERY_STALE_AFTER=2,
                    RECOVERY_INTERVAL=0.5, MAX_LOST_ATTEMPTS=5)
     api = Api(create_app(Settings.from_env(env)).test_client())
