@@ -28,11 +28,11 @@ task_acks_on_timeout = True
 worker_prefetch_multiplier = 1
 
 # On losing the broker connection, let running stages finish instead of cancelling them.
-# Cancelling is Celery 6's default, but with it a broker outage crashes the worker's main
-# process ("Unrecoverable error", celery/celery#7185 and #9250; we reproduced it with Kombu
-# 5.7 on Redis: tests/integration/test_outages.py). Letting the stage finish is safe: its
-# result goes to PostgreSQL, not to the broker, and the ack it can no longer send only means
-# the message may be delivered again, which the state check and the fence make a no-op.
+# Cancelling is Celery 6's default, but that path has been reported to crash the worker's
+# main process on connection loss (celery/celery#7185, #9250). Letting the stage finish is
+# safe: its result goes to PostgreSQL, not to the broker, and the ack it can no longer send
+# only means the message may be delivered again, which the state check and the fence make
+# a no-op (tests/integration/test_outages.py restarts Redis mid-stage).
 worker_cancel_long_running_tasks_on_connection_loss = False
 
 # Retry connecting to the broker at start-up instead of exiting (Celery 6 default).
