@@ -122,3 +122,26 @@ def test_logs_are_json_lines_with_the_standard_fields_and_no_secrets(stack):
         mentions = [e for e in events if str(job_id) in json.dumps(e.get("message", ""))]
         assert all(e["job_id"] == str(job_id) for e in mentions), mentions
     assert api.has_event("api.request", job_id=str(job_id), method="POST", status=202)
+
+
+def test_flower_watches_the_workers(stack, log_dir):
+    from tests.support.processes import Service
+
+    _, env, _, worker = stack
+    port = free_port()
+    flower = Service("flower", [sys.executable, "-m", "celery", "-A", "tasks", "flower",
+                                f"--port={port}", "--address=127.0.0.1"],
+                     {**env, "FLOWER_UNAUTHENTICATED_API": "true"}, log_dir)
+    try:
+        def workers() -> dict:
+            try:
+                response = requests.get(f"http://127.0.0.1:{port}/api/workers?refresh=1",
+                                        timeout=5)
+            except requests.RequestException:
+                return {}
+            return response.json() if response.ok else {}
+
+        seen = wait_for(workers, 60, "Flower to list the workers", interval=0.5)
+        assert any(name.startswith("e2e-worker@") for name in seen)
+    finally:
+        flower.stop()
