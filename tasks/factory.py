@@ -69,7 +69,8 @@ def _connect_signals(app: Celery, settings: Settings) -> None:
     bound: dict[str, tuple[Any, Any]] = {}
 
     def prerun(task_id: str = "", task: Any = None, args: Any = (), **_: Any) -> None:
-        # Celery's own lines about a stage task (received, succeeded, retry) carry its job.
+        # Celery's own lines about a running stage task (succeeded, retry, raised) carry
+        # its job, like ours.
         if isinstance(task, StageTask) and args:
             bound[task_id] = bind_job(args[0], args[1] if len(args) > 1 else None)
 

@@ -9,6 +9,7 @@ tell Celery how the chain goes on.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 from uuid import UUID
 
@@ -16,9 +17,12 @@ from celery import Celery, Task
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from celery.worker.request import Request
 
+from orchestrator.logs import job_context, log_event
 from orchestrator.runner import Advanced, RetryLater, StageRunner
 from orchestrator.states import State
 from tasks.chain import CeleryEnqueuer
+
+log = logging.getLogger(__name__)
 
 
 def _runner(app: Celery) -> StageRunner:
@@ -54,11 +58,17 @@ class StageRequest(Request):
         task = self.task
         job_id = self.args[0]
         correlation_id = self.args[1] if len(self.args) > 1 else None
-        outcome = _runner(task.app).hard_timeout(UUID(job_id), task.stage_state,
-                                                 correlation_id, self.id)
-        if isinstance(outcome, RetryLater):
-            CeleryEnqueuer(task.app)(UUID(job_id), task.stage_state, correlation_id,
-                                     countdown=outcome.delay)
+        try:
+            outcome = _runner(task.app).hard_timeout(UUID(job_id), task.stage_state,
+                                                     correlation_id, self.id)
+            if isinstance(outcome, RetryLater):
+                CeleryEnqueuer(task.app)(UUID(job_id), task.stage_state, correlation_id,
+                                         countdown=outcome.delay)
+        except Exception as exc:  # never take the worker's main process down with it
+            with job_context(job_id, correlation_id):
+                log_event(log, "stage.timeout_handling_failed", logging.ERROR,
+                          stage=task.stage_state.value, error=repr(exc),
+                          reason="recovery will resume the job")
 
 
 class StageTask(Task):
