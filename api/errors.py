@@ -7,7 +7,8 @@ import logging
 
 from flask import Flask, Response, jsonify
 from redis.exceptions import RedisError
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 from werkzeug.exceptions import HTTPException
 
 from orchestrator.errors import (
@@ -60,12 +61,20 @@ def register_error_handlers(app: Flask) -> None:
         code = (exc.name or "error").lower().replace(" ", "_")
         messages = {413: "request body is larger than 64 KiB",
                     404: "no such route", 405: "method not allowed on this route"}
-        return error_response(status, code, messages.get(status, exc.description or code))
+        response, status = error_response(status, code,
+                                          messages.get(status, exc.description or code))
+        for name, value in exc.get_headers():  # e.g. the Allow header of a 405
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response, status
 
     @app.errorhandler(SQLAlchemyError)
     @app.errorhandler(RedisError)
     def unavailable(exc: Exception) -> tuple[Response, int]:
-        if isinstance(exc, SQLAlchemyError) and not isinstance(exc, DBAPIError | TimeoutError):
+        # Only a lost or refused connection means "unavailable"; any other database error
+        # is ours (a 500), never blamed on PostgreSQL.
+        if isinstance(exc, SQLAlchemyError) and not isinstance(
+                exc, OperationalError | InterfaceError | SATimeoutError):
             return unexpected(exc)
         log_event(log, "api.dependency_unavailable", logging.ERROR, error=repr(exc))
         dependency = "Redis" if isinstance(exc, RedisError) else "PostgreSQL"

@@ -14,6 +14,7 @@ from typing import Any
 from flask import Request
 
 from api.errors import BadRequest
+from orchestrator.outcomes import unstorable
 from orchestrator.states import State
 
 MAX_ERROR_MESSAGE = 4096
@@ -47,6 +48,9 @@ def json_object(request: Request, *, required: bool) -> dict[str, Any]:
         raise BadRequest(f"request body is not valid JSON: {exc}", "invalid_body") from None
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object", "invalid_body")
+    problem = unstorable(body)
+    if problem:
+        raise BadRequest(f"request body {problem}", "invalid_body")
     return body
 
 

@@ -26,6 +26,27 @@ TRANSIENT_STATUSES = frozenset({408, 429})
 RETRY_AFTER_STATUSES = frozenset({429, 503})
 
 
+def unstorable(value: Any) -> str | None:
+    """Why PostgreSQL's JSONB could not store this JSON value, or None: it refuses the NUL
+    character, and UTF-8 has no encoding for an unpaired UTF-16 surrogate."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            if "\x00" in item:
+                return "contains a NUL character (\\u0000), which cannot be stored"
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return "contains an unpaired UTF-16 surrogate, which is not valid Unicode"
+    return None
+
+
 def attempt_label(spec: StageSpec, attempt: int, allowed: int | None = None) -> str:
     """``COSTING attempt 1/3``: how every message about an attempt begins. ``allowed`` is
     the stage's attempts plus those lost with their worker (which are not retries)."""
@@ -79,6 +100,10 @@ def classify_response(
         raise PermanentStageError(
             f"{label}: HTTP {status} from {service} is JSON but not an object",
             stage=spec.name, status=status)
+    problem = unstorable(output)
+    if problem:
+        raise PermanentStageError(f"{label}: HTTP {status} from {service}: the output {problem}",
+                                  stage=spec.name, status=status)
     required = spec.definition.required_field
     value = output.get(required) if required else "-"
     if not isinstance(value, str) or not value.strip():

@@ -68,10 +68,13 @@ def test_unknown_route_and_wrong_method_are_json(api):
     response = api.client.delete(f"/internal/jobs/{uuid.uuid4()}", headers=api.headers)
     assert response.status_code == 405
     assert error_of(response)["code"] == "method_not_allowed"
+    assert set(response.headers["Allow"].split(", ")) == {"GET", "HEAD", "OPTIONS"}
 
 
 @pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b'"text"', b'{"input": [1]}',
-                                  b'{"input": {}, "extra": 1}'])
+                                  b'{"input": {}, "extra": 1}', b'{"input": {"a": "x\\u0000"}}',
+                                  b'{"input": {"a\\u0000": 1}}', b'{"input": {"a": "\\ud800"}}',
+                                  b'\xff\xfe'])
 def test_start_with_a_malformed_body_is_400_and_creates_nothing(api, body):
     job_id = uuid.uuid4()
     response = api.client.post(f"/internal/jobs/{job_id}/start", data=body,

@@ -182,3 +182,18 @@ def test_transport_error_is_transient_and_names_stage_and_attempt(spec: StageSpe
     assert str(error).startswith(f"{spec.name} attempt 2/{spec.max_attempts}: ")
     assert "connection failed: ConnectionError" in str(error)
     assert spec.definition.service in str(error)
+
+
+@pytest.mark.parametrize(("value", "problem"), [
+    ({"a": "x\x00y"}, "NUL"), ({"k\x00": 1}, "NUL"), ({"a": ["\ud800"]}, "surrogate"),
+    ({"a": {"b": [{"c": "ok"}]}}, None), ({"emoji": "\U0001f600"}, None)])
+def test_what_postgresql_cannot_store_is_named(value, problem):
+    from orchestrator.outcomes import unstorable
+
+    found = unstorable(value)
+    assert (found is None) if problem is None else (problem in found)
+
+
+def test_an_output_postgresql_cannot_store_is_a_permanent_error() -> None:
+    with pytest.raises(PermanentStageError, match="NUL character"):
+        classify_response(COSTING, 1, 200, '{"result_reference": "r", "x": "a\\u0000b"}', None)
