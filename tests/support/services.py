@@ -74,11 +74,18 @@ def _admin(admin_url: str, statement: str) -> None:
 
 @contextlib.contextmanager
 def test_postgres(url: str | None) -> Iterator[str]:
+    """A fresh database on the server at ``url`` when it answers and lets us create one,
+    else on an embedded server."""
     url = url or DEFAULT_PG
     with contextlib.ExitStack() as stack:
-        if not _pg_answers(url):
-            url = stack.enter_context(_embedded_postgres())
-        yield stack.enter_context(postgres_database(url))
+        database = None
+        if _pg_answers(url):
+            with contextlib.suppress(psycopg2.Error):  # e.g. no CREATE DATABASE right
+                database = stack.enter_context(postgres_database(url))
+        if database is None:
+            database = stack.enter_context(postgres_database(
+                stack.enter_context(_embedded_postgres())))
+        yield database
 
 
 def _redis_answers(url: str) -> bool:
@@ -110,16 +117,27 @@ def redis_database(url: str) -> Iterator[str]:
                 client.close()
             return
         client.close()
-    raise RuntimeError(f"no empty Redis database index on {url}")
+    raise NoEmptyDatabase(f"no empty Redis database index on {url}")
+
+
+class NoEmptyDatabase(RuntimeError):
+    """Every database index of a shared Redis is in use by someone else."""
 
 
 @contextlib.contextmanager
 def test_redis(url: str | None) -> Iterator[str]:
+    """An empty database index of the Redis at ``url`` when it answers and has one free,
+    else of an embedded server."""
     url = url or DEFAULT_REDIS
     with contextlib.ExitStack() as stack:
-        if not _redis_answers(url):
-            url = stack.enter_context(_embedded_redis())
-        yield stack.enter_context(redis_database(url))
+        database = None
+        if _redis_answers(url):
+            with contextlib.suppress(NoEmptyDatabase):
+                database = stack.enter_context(redis_database(url))
+        if database is None:
+            database = stack.enter_context(redis_database(
+                stack.enter_context(_embedded_redis())))
+        yield database
 
 
 class ThrowawayRedis:
