@@ -86,3 +86,20 @@ def test_up_serves_until_ctrl_c_then_stops_everything(tmp_path):
         proc.wait(timeout=60)
     wait_for(lambda: leftovers(tmp_path) == [], 30, "every process of the stack to exit")
     assert port_is_free(int(env["ORCHESTRATOR_PORT"]))
+
+
+def test_ctrl_c_during_the_demo_stops_everything_it_started(tmp_path):
+    env = embedded_env(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "demo"], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("  API "):
+            break
+    # Ctrl-C once everything runs: PostgreSQL, Redis, the services, a worker, the API
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stdout.read()
+    assert proc.wait(timeout=60) == 130
+    assert "everything started was stopped" in rest
+    wait_for(lambda: leftovers(tmp_path) == [], 30, "every process of the demo to exit")
+    assert port_is_free(int(env["ORCHESTRATOR_PORT"]))
