@@ -25,7 +25,7 @@ from orchestrator.models import (
     Transition,
 )
 from orchestrator.stages import STAGE_STATES
-from orchestrator.states import TERMINAL, State
+from orchestrator.states import TERMINAL, State, transition
 
 _TERMINAL = [s.value for s in TERMINAL]
 _ELAPSED_MS = text("(extract(epoch FROM clock_timestamp() - started_at) * 1000)::int")
@@ -78,6 +78,7 @@ class JobRepository:
     def move(self, job_id: UUID, from_state: State, to_state: State, reason: str, *,
              fence: int | None = None, error_message: str | None = None,
              fields: dict[str, Any] | None = None) -> Job | None:
+        transition(from_state, to_state, job_id=str(job_id))  # refused in code first
         values: dict[str, Any] = dict(
             current_state=to_state.value, previous_state=from_state.value, state_reason=reason,
             updated_at=func.now(), last_progress_at=func.now(), next_attempt_at=None,

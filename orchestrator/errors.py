@@ -5,15 +5,15 @@
     ├── InvalidTransition           a move the state machine does not allow
     ├── JobNotFound                 no job with that id
     ├── JobTerminal                 the job is COMPLETED or FAILED; nothing more can happen
-    ├── LockNotAcquired             another worker holds the job's lock
-    ├── FencedOut                   a compare-and-set found the job owned by someone else
     └── StageError                  a stage attempt failed
         ├── TransientStageError     worth retrying: connection, timeout, 408, 429, 5xx
         │   └── StageTimeout        the attempt used up its stage's timeout
         └── PermanentStageError     retrying cannot help: other 4xx, bad body, missing field
 
 Errors carry data (``job_id``, ``stage``, …) rather than only prose, and causes are
-chained with ``raise … from``.
+chained with ``raise … from``. A busy lock or a compare-and-set that matches no row is not
+an error here: the stage runner reports it as a ``Skipped`` outcome (someone else owns the
+job now) and the task ends quietly.
 """
 
 from __future__ import annotations
@@ -53,14 +53,6 @@ class JobTerminal(OrchestratorError):
     def __init__(self, job_id: str, state: str):
         super().__init__(f"job {job_id} is already {state}", job_id=job_id)
         self.state = state
-
-
-class LockNotAcquired(OrchestratorError):
-    pass
-
-
-class FencedOut(OrchestratorError):
-    """A conditional write matched no row: the job moved on or another worker owns it."""
 
 
 class StageError(OrchestratorError):

@@ -91,3 +91,18 @@ def test_one_attempt_row_per_number_and_one_success_per_stage(sql):
         sql.execute(insert, (job_id, 1, "FAILED"))
     with pytest.raises(psycopg2.errors.UniqueViolation):
         sql.execute(insert, (job_id, 2, "SUCCESS"))
+
+
+def test_the_repository_refuses_an_invalid_move_before_the_database_sees_it(database_url):
+    from db.engine import make_engine
+    from db.uow import PostgresUnitOfWork
+    from orchestrator.errors import InvalidTransition
+
+    uow = PostgresUnitOfWork(make_engine(database_url, pool_size=1))
+    job_id = uuid.uuid4()
+    with uow() as jobs:
+        jobs.insert_if_absent(job_id, {}, None)
+    with pytest.raises(InvalidTransition), uow() as jobs:
+        jobs.move(job_id, State.UPLOADED, State.COMPLETED, "skipping ahead")
+    with uow() as jobs:
+        assert jobs.get(job_id).current_state is State.UPLOADED
