@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Callable
 from typing import Any
+from uuid import UUID
 
 import redis
 from flask import Flask, Response, g, jsonify, request
@@ -18,6 +19,7 @@ from api.metrics import Metrics
 from api.openapi import openapi_document
 from api.serialize import job_detail, job_state
 from db.engine import make_engine
+from db.repository import JobRepository
 from db.uow import PostgresUnitOfWork
 from orchestrator.errors import JobNotFound
 from orchestrator.logs import job_context, log_event
@@ -96,12 +98,12 @@ def _register_observability(app: Flask, metrics: Metrics) -> None:
 
 def _register_jobs(app: Flask, uow: PostgresUnitOfWork, enqueue: Enqueuer,
                    cancel: Canceller | None) -> None:
-    def read(job_id: str, view: Callable[[Any], Any]) -> Any:
+    def read(job_id: str, load: Callable[[JobRepository, UUID], Any]) -> Any:
         with uow() as jobs:
-            found = jobs.detail(parse.job_id(job_id))
+            found = load(jobs, parse.job_id(job_id))
         if found is None:
             raise JobNotFound(job_id)
-        return view(found)
+        return found
 
     @app.post("/internal/jobs/<job_id>/start")
     def start(job_id: str) -> Any:
@@ -120,11 +122,12 @@ def _register_jobs(app: Flask, uow: PostgresUnitOfWork, enqueue: Enqueuer,
 
     @app.get("/internal/jobs/<job_id>/state")
     def state(job_id: str) -> Any:
-        return jsonify(read(job_id, lambda d: job_state(d.job)))
+        # One row, not the job's whole history: this is the endpoint callers poll.
+        return jsonify(job_state(read(job_id, JobRepository.get)))
 
     @app.get("/internal/jobs/<job_id>")
     def detail(job_id: str) -> Any:
-        return jsonify(read(job_id, job_detail))
+        return jsonify(job_detail(read(job_id, JobRepository.detail)))
 
     @app.get("/internal/jobs")
     def list_jobs() -> Any:
