@@ -39,21 +39,31 @@ def test_migrate_creates_the_schema_and_is_idempotent(database_url):
 
 
 def test_recover_resumes_a_stalled_job_once(private_database, redis_url, downstream):
-    env = make_env(private_database, redis_url, downstream, RECOVERY_STALE_AFTER=1)
+    # Given a job whose last sign of life is two hours old, with a stale-after of one hour
+    # (so no clock between the two passes below can make it stale again)
+    env = make_env(private_database, redis_url, downstream, RECOVERY_STALE_AFTER=3600)
     uow = PostgresUnitOfWork(make_engine(private_database, pool_size=1))
     job_id = uuid.uuid4()
     with uow() as jobs:
         jobs.insert_if_absent(job_id, {}, None)
         jobs.move(job_id, State.UPLOADED, State.PLANNING, "started")
-        jobs.c.exec_driver_sql("UPDATE jobs SET last_progress_at = now() - interval '1 hour' "
+        jobs.c.exec_driver_sql("UPDATE jobs SET last_progress_at = now() - interval '2 hours' "
                                "WHERE job_id = %(id)s", {"id": job_id})
 
     def recover() -> str:
-        return subprocess.run([*CLI, "recover"], env=env, capture_output=True, text=True,
-                              timeout=60, cwd=Path(__file__).parents[2]).stdout
+        result = subprocess.run([*CLI, "recover"], env=env, capture_output=True, text=True,
+                                timeout=60, cwd=Path(__file__).parents[2])
+        assert result.returncode == 0, result.stderr
+        return result.stdout
 
+    # When two recovery passes run one after the other
+    # Then the first resumes it, and its resume counts as progress: the second leaves it
     assert "resumed 1 job(s)" in recover()
-    assert "resumed 0 job(s)" in recover()  # the first pass marked it: not stale any more
+    assert "resumed 0 job(s)" in recover()
+    with uow() as jobs:
+        resumes = jobs.c.exec_driver_sql("SELECT resume_count FROM jobs WHERE job_id = %(id)s",
+                                         {"id": job_id}).scalar_one()
+    assert resumes == 1
 
 
 def test_sigterm_lets_the_api_finish_requests_in_flight(private_database, redis_url,
@@ -74,16 +84,24 @@ def test_sigterm_lets_the_api_finish_requests_in_flight(private_database, redis_
         f"{base}/internal/jobs/{job_id}/fail", json={"error_message": "drain me"},
         headers=headers, timeout=30).status_code))
     request.start()
-    wait_for(lambda: _waiting_on_lock(database_url), 10, "the request to wait on the lock")
-    # When the API is told to stop while the request is in flight
+    wait_for(lambda: _waiting_on_lock(database_url), 30, "the request to wait on the lock")
+    # When the API is told to stop while the request is in flight, and its shutdown is
+    # under way: gunicorn handled the signal and its idle worker has already exited
     api.proc.send_signal(signal.SIGTERM)
-    threading.Timer(1.0, blocker.rollback).start()
+    wait_for(lambda: _said(api, "Handling signal: term") and _said(api, "Worker exiting"),
+             30, "the API to begin its shutdown")
+    assert answers == [] and api.proc.poll() is None  # the request is still in flight
+    blocker.rollback()
     # Then the request is answered, and only then does the API exit
     request.join(timeout=30)
     assert answers == [200]
     assert api.proc.wait(timeout=30) == 0
     blocker.close()
     api.stop()
+
+
+def _said(service, text: str) -> bool:
+    return any(text in str(e.get("message", "")) for e in service.events())
 
 
 def _waiting_on_lock(database_url: str) -> bool:

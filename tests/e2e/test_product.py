@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +17,7 @@ import requests
 
 from cli.embedded import free_port
 from tests.conftest import API_TOKEN, make_env
+from tests.support.downstream_server import Reply
 from tests.support.processes import start_api, start_worker, wait_for
 
 pytestmark = pytest.mark.integration
@@ -61,13 +63,20 @@ def test_a_job_completes_over_http(stack, downstream):
 def test_many_concurrent_starts_of_one_new_job_start_it_once(stack, downstream):
     base, _, _, _ = stack
     job_id = uuid.uuid4()
+    # PLANNING is held until every start has been answered, so no start can arrive after
+    # the job has finished (it would rightly get 409).
+    every_start_answered = threading.Event()
+    downstream.script(job_id, "PLANNING", Reply(release=every_start_answered, hang_for=120))
 
     def start(_):
         return requests.post(f"{base}/internal/jobs/{job_id}/start", headers=HEADERS,
                              timeout=30).status_code
 
-    with ThreadPoolExecutor(16) as pool:
-        statuses = list(pool.map(start, range(16)))
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            statuses = list(pool.map(start, range(16)))
+    finally:
+        every_start_answered.set()
     assert sorted(statuses) == [200] * 15 + [202]
     job = wait_terminal(base, job_id)
     assert job["current_state"] == "COMPLETED"
