@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.integration
 CLI = str(Path(sys.executable).parent / "orchestrator")
 COMMANDS = [[], ["migrate"], ["api"], ["worker"], ["recover"], ["jobs"], ["jobs", "list"],
             ["jobs", "show"]]

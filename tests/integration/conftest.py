@@ -14,11 +14,9 @@ from flask.testing import FlaskClient
 
 from api.app import create_app
 from orchestrator.settings import Settings
-from tests.conftest import API_TOKEN
+from tests.conftest import API_TOKEN, make_env
 from tests.support.downstream_server import Reply
 from tests.support.processes import Service, start_worker, wait_for
-
-pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="session")
@@ -71,6 +69,20 @@ class Api:
 @pytest.fixture(scope="session")
 def api(app_client: FlaskClient) -> Api:
     return Api(app_client)
+
+
+@pytest.fixture(scope="module")
+def idle_settings(module_database: str, redis_url: str, downstream: Any) -> Settings:
+    """A deployment of the module's own that no worker serves: its own database and a
+    queue nobody consumes, so a started job stays in PLANNING whatever other tests run,
+    and nothing it leaves behind reaches another test (or the shared worker's recovery)."""
+    return Settings.from_env(make_env(module_database, redis_url, downstream))
+
+
+@pytest.fixture(scope="module")
+def idle_api(idle_settings: Settings) -> Api:
+    """:class:`Api` over :func:`idle_settings`: the real app, the real Celery enqueuer."""
+    return Api(create_app(idle_settings).test_client())
 
 
 @pytest.fixture

@@ -1,12 +1,29 @@
-"""Every status code of the internal API's contract, against real PostgreSQL and Redis."""
+"""Every status code of the internal API's contract, against real PostgreSQL and Redis.
+
+The app runs over a deployment of this module's own that no worker serves (``idle_api``),
+so a started job stays in PLANNING, whatever else runs and in whatever order.
+"""
 
 from __future__ import annotations
 
 import uuid
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import API_TOKEN
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def api(idle_api):
+    return idle_api
+
+
+@pytest.fixture
+def app_client(idle_api):
+    return idle_api.client
 
 JOB_ROUTES = [("post", "/internal/jobs/{id}/start"), ("post", "/internal/jobs/{id}/fail"),
               ("get", "/internal/jobs/{id}/state"), ("get", "/internal/jobs/{id}"),
@@ -44,7 +61,29 @@ def test_health_routes_need_no_token(app_client):
                                 "checks": {"postgresql": "ok", "redis": "ok"}}
     metrics = app_client.get("/metrics")
     assert metrics.status_code == 200
-    assert b'orchestrator_jobs{state="COMPLETED"}' in metrics.data
+    assert set(jobs_by_state(app_client)) == {"UPLOADED", "PLANNING", "PARSING", "ENRICHING",
+                                              "COSTING", "COMPLETED", "FAILED"}
+
+
+def jobs_by_state(app_client) -> dict[str, float]:
+    """The ``orchestrator_jobs`` gauge of a /metrics scrape, by state."""
+    text = app_client.get("/metrics").get_data(as_text=True)
+    return {sample.labels["state"]: sample.value
+            for family in text_string_to_metric_families(text)
+            if family.name == "orchestrator_jobs" for sample in family.samples}
+
+
+def test_the_jobs_gauge_counts_jobs_in_each_state(api, app_client):
+    # Given the counts now
+    before = jobs_by_state(app_client)
+    # When two jobs start and one of them is failed
+    first, second = uuid.uuid4(), uuid.uuid4()
+    assert api.start(first).status_code == 202 and api.start(second).status_code == 202
+    assert api.fail(first).status_code == 200
+    # Then the gauge moved by exactly that, and nothing else moved
+    after = jobs_by_state(app_client)
+    expected = {**before, "PLANNING": before["PLANNING"] + 1, "FAILED": before["FAILED"] + 1}
+    assert after == expected
 
 
 @pytest.mark.parametrize(("method", "path"), JOB_ROUTES[:4])
@@ -101,7 +140,8 @@ def test_fail_needs_a_message_of_at_most_4096_characters(api, body):
     response = api.client.post(f"/internal/jobs/{job_id}/fail", json=body, headers=api.headers)
     assert response.status_code == 400
     assert error_of(response)["code"] == "invalid_body"
-    api.fail(job_id)
+    # and the refused call changed nothing
+    assert api.get(f"/internal/jobs/{job_id}/state").get_json()["current_state"] == "PLANNING"
 
 
 def test_start_is_202_then_200_then_409_once_terminal(api):
@@ -131,7 +171,6 @@ def test_state_has_exactly_the_contract_fields(api):
                           "error_message", "created_at", "updated_at", "started_at",
                           "completed_at", "plan_reference", "result_reference"}
     assert state["created_at"].endswith("Z") and state["started_at"].endswith("Z")
-    api.fail(job_id)
 
 
 def test_correlation_id_is_kept_or_made(api):
@@ -170,16 +209,16 @@ def test_list_rejects_bad_parameters(api, query):
     error_of(response)
 
 
-def test_the_api_refuses_to_start_without_tokens(settings):
+def test_the_api_refuses_to_start_without_tokens(idle_settings):
     from dataclasses import replace
 
     from api.app import create_app
     from orchestrator.errors import ConfigError
 
     with pytest.raises(ConfigError) as raised:
-        create_app(replace(settings, api_tokens=()), enqueuer=lambda *a: None)
+        create_app(replace(idle_settings, api_tokens=()), enqueuer=lambda *a: None)
     assert raised.value.variable == "ORCHESTRATOR_API_TOKENS"
-    open_app = create_app(replace(settings, api_tokens=(), auth_disabled=True),
+    open_app = create_app(replace(idle_settings, api_tokens=(), auth_disabled=True),
                           enqueuer=lambda *a: None)
     assert open_app.test_client().get("/internal/jobs").status_code == 200
 

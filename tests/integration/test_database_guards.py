@@ -11,10 +11,14 @@ import pytest
 
 from orchestrator.states import PIPELINE, TRANSITIONS, State
 
+# Jobs written here by raw SQL are left in every state: they live in a database of this
+# module's own (module_database), where no worker's recovery pass can pick them up.
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
-def sql(database_url):
-    connection = psycopg2.connect(database_url)
+def sql(module_database):
+    connection = psycopg2.connect(module_database)
     connection.autocommit = True
     yield connection.cursor()
     connection.close()
@@ -93,12 +97,12 @@ def test_one_attempt_row_per_number_and_one_success_per_stage(sql):
         sql.execute(insert, (job_id, 2, "SUCCESS"))
 
 
-def test_the_repository_refuses_an_invalid_move_before_the_database_sees_it(database_url):
+def test_the_repository_refuses_an_invalid_move_before_the_database_sees_it(module_database):
     from db.engine import make_engine
     from db.uow import PostgresUnitOfWork
     from orchestrator.errors import InvalidTransition
 
-    uow = PostgresUnitOfWork(make_engine(database_url, pool_size=1))
+    uow = PostgresUnitOfWork(make_engine(module_database, pool_size=1))
     job_id = uuid.uuid4()
     with uow() as jobs:
         jobs.insert_if_absent(job_id, {}, None)

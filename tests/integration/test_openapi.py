@@ -11,6 +11,7 @@ import pytest
 
 from api.openapi import openapi_document
 
+pytestmark = pytest.mark.integration
 DOC = openapi_document()
 
 
