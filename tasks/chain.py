@@ -52,7 +52,8 @@ class CeleryEnqueuer:
 
 def make_enqueuer(settings: Settings) -> CeleryEnqueuer:
     """The enqueue function for processes that only send (the API): a Celery app of the
-    same configuration, built now, connecting on first send."""
+    same configuration, built now, connecting on first send. Its messages carry no time
+    limits (see :mod:`tasks.factory`): the worker that runs a stage applies its own."""
     from tasks.factory import create_celery_app
 
     return CeleryEnqueuer(create_celery_app(settings))

@@ -1,5 +1,11 @@
 """``create_celery_app(settings)``: the Celery app with its configuration, the four stage
-tasks with their time limits, the recovery step and the logging hooks."""
+tasks, the recovery step and the logging hooks.
+
+The same app sends (the API's enqueuer) and runs (the worker). A stage's time limits are
+given to its task as ``stage_time_limits``, which only a worker running it reads
+(:class:`tasks.stage.StageRequest`); never as Celery's ``time_limit``/``soft_time_limit``,
+which Celery copies into the header of every message the task's app sends, so a sender's
+settings would govern another process's stages."""
 
 from __future__ import annotations
 
@@ -45,7 +51,7 @@ def create_celery_app(settings: Settings) -> Celery:
         app.task(
             module.run, bind=True, name=task_name(module.STATE), base=StageTask,
             stage_state=module.STATE,
-            soft_time_limit=spec.timeout, time_limit=spec.timeout + settings.hard_timeout_grace,
+            stage_time_limits=(spec.timeout + settings.hard_timeout_grace, spec.timeout),
             # Retries are counted in PostgreSQL (attempt rows), not in the message, so a
             # redelivered or resumed stage keeps its count; Celery must not cap them too.
             max_retries=None,

@@ -40,16 +40,31 @@ def run_stage_task(task: Task, state: State, job_id: str, correlation_id: str | 
     if isinstance(outcome, Advanced):
         return {"job_id": job_id, "state": outcome.to_state.value}
     if isinstance(outcome, RetryLater):
-        raise task.retry(countdown=outcome.delay)
+        # Celery's retry copies the delivered message's time limits: a retry carries none
+        # (the worker running it applies its own), even after a message that had some.
+        raise task.retry(countdown=outcome.delay, time_limit=None, soft_time_limit=None)
     raise Ignore()
 
 
 class StageRequest(Request):
-    """The worker-side request of a stage task. Celery's hard time limit kills the pool
-    process, and Celery itself never retries that; ``on_timeout`` runs in the worker's
-    main process, where we close the attempt as timed out and, with retries left, send the
-    chain again from this stage after the backoff (Celery's documented hook for custom
-    request handling, the same in every 5.x)."""
+    """The worker-side request of a stage task (Celery's documented hook for custom
+    request handling, the same in every 5.x).
+
+    Time limits: a stage always runs under the limits of the worker that runs it, its
+    task's ``stage_time_limits`` (hard, soft) from this worker's settings. Celery's
+    ``Request.__init__`` would take them from the message's ``timelimit`` header, i.e. from
+    whatever the sender's app had configured, and the pool applies ``time_limits`` before
+    the task's own; so the header is overridden here, whoever sent the message.
+
+    Hard time limit: Celery acks the message (``task_acks_on_failure_or_timeout``), kills
+    the pool process and never retries it; ``on_timeout`` runs in the worker's main
+    process, where we close the attempt as timed out and, with retries left, send the
+    chain again from this stage after the backoff.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.time_limits = self.task.stage_time_limits
 
     def on_timeout(self, soft: bool, timeout: float) -> None:
         super().on_timeout(soft, timeout)
@@ -76,3 +91,7 @@ class StageTask(Task):
 
     Request = StageRequest
     stage_state: State
+    #: (hard, soft) seconds, applied by the worker running the stage (see StageRequest).
+    #: Deliberately not Celery's ``time_limit``/``soft_time_limit``: Celery would copy
+    #: those into every message this app sends (``Task.apply_async``'s exec options).
+    stage_time_limits: tuple[float, float]
