@@ -1,10 +1,15 @@
 """Celery's delivery settings for the orchestrator, each with its trade-off.
 
 Only what does not depend on the environment lives here; broker URL, queue name and the
-per-stage time limits come from :class:`orchestrator.settings.Settings` in
-``tasks.app.create_celery_app``. The guiding rule: a stage may be delivered twice (that is
-the price of never losing one), and PostgreSQL — the job's state plus its fence — makes the
-second delivery a no-op. Recovery, not redelivery, is what resumes a job after a crash.
+visibility timeout come from :class:`orchestrator.settings.Settings` in
+``tasks.factory.create_celery_app``. The per-stage time limits are not Celery settings at
+all: the worker that runs a stage applies its own (``tasks.stage.StageRequest``), and no
+message carries any. The guiding rule: a stage may be delivered twice (that is the price of
+never losing one), and PostgreSQL — the job's state plus its fence — makes the second
+delivery a no-op. Recovery, not redelivery, is what resumes a job after a crash.
+
+Every name here must be a real Celery setting (Celery ignores unknown ones silently);
+``tests/unit/test_celery_config.py`` checks each against Celery's own table.
 """
 
 # Ack a stage's message only after the task returns. Trade-off: a worker that dies mid-task
@@ -12,16 +17,22 @@ second delivery a no-op. Recovery, not redelivery, is what resumes a job after a
 # and the fence make harmless. The alternative (ack on receipt) loses the stage on a crash.
 task_acks_late = True
 
-# A child process killed (SIGKILL, OOM, hard time limit) requeues its message instead of
-# acking it as failed. Trade-off: a stage that always kills its worker would loop forever;
-# the attempt count in PostgreSQL caps it (MAX_LOST_ATTEMPTS) and fails the job.
+# A pool process that dies under a task (SIGKILL, OOM: Celery's WorkerLostError) has its
+# message requeued instead of acked. Trade-off: a stage that always kills its process would
+# loop forever; the attempt count in PostgreSQL caps it (MAX_LOST_ATTEMPTS) and fails the
+# job. This does not cover the hard time limit: Celery reports that as TimeLimitExceeded,
+# not WorkerLostError (see the next setting).
 task_reject_on_worker_lost = True
 
-# A failed or timed-out task is acked: our tasks never fail by exception on purpose (the
-# job's failure is recorded in PostgreSQL), so an exception here is a bug, not a reason to
-# redeliver forever; recovery resumes the job if it was left mid-stage.
-task_acks_on_failure = True
-task_acks_on_timeout = True
+# A task that raised or hit its hard time limit is acked, not requeued. Our tasks never
+# fail by exception on purpose (the job's failure is recorded in PostgreSQL), so an
+# exception here is a bug, not a reason to redeliver forever; recovery resumes the job if
+# it was left mid-stage. A hard time limit is acked too: Celery kills the pool process,
+# acks the message and calls ``Request.on_timeout`` in the worker's main process, where
+# ``tasks.stage.StageRequest`` closes the attempt as timed out and, with retries left,
+# sends the stage again after the backoff. With False, Celery would requeue the message as
+# well, and the stage would be sent twice.
+task_acks_on_failure_or_timeout = True
 
 # Reserve one message per process at a time. Trade-off: a little throughput for fairness —
 # a long stage does not sit on prefetched messages another worker could run now.

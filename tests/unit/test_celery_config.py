@@ -1,0 +1,103 @@
+"""The worker's effective Celery configuration is what celeryconfig.py and the README say.
+
+Celery ignores a setting it does not know, silently: a misspelt name leaves the default in
+force while its comment claims otherwise. So every name in celeryconfig.py is checked
+against Celery's own table of settings, and every delivery setting the comments and the
+README rely on is read back from the app the worker runs (and from its stage tasks, which
+is where Celery's worker reads most of them).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+from celery import Celery
+from celery.app.defaults import DEFAULTS
+
+import celeryconfig
+from orchestrator.settings import Settings
+from orchestrator.stages import STAGE_STATES
+from orchestrator.states import State
+from tasks.chain import task_name
+from tasks.factory import create_celery_app, visibility_timeout
+
+# Built, never connected: nothing listens on these ports.
+ENV = {"DATABASE_URL": "postgresql://nobody@127.0.0.1:9/none",
+       "REDIS_URL": "redis://127.0.0.1:9/0", "CELERY_QUEUE": "config-test"}
+
+
+@pytest.fixture(scope="module")
+def settings() -> Settings:
+    return Settings.from_env(ENV)
+
+
+@pytest.fixture(scope="module")
+def app(settings: Settings) -> Celery:
+    """The app `orchestrator worker` and `celery -A tasks worker` run."""
+    return create_celery_app(settings)
+
+
+def configured_names() -> list[str]:
+    return [name for name, value in vars(celeryconfig).items()
+            if name.islower() and not name.startswith("_") and not inspect.ismodule(value)]
+
+
+def test_every_name_in_celeryconfig_is_a_celery_setting():
+    names = configured_names()
+    assert "task_acks_late" in names  # the module was read
+    unknown = [name for name in names if name not in DEFAULTS]
+    assert unknown == [], f"not Celery settings (Celery would ignore them): {unknown}"
+
+
+def test_every_name_in_celeryconfig_is_in_force(app: Celery):
+    for name in configured_names():
+        assert app.conf[name] == getattr(celeryconfig, name), name
+
+
+def test_delivery_settings_the_docs_rely_on(app: Celery, settings: Settings):
+    conf = app.conf
+    # Ack after the task, requeue when the pool process dies, ack a failure or a hard
+    # time limit (StageRequest.on_timeout retries it), one message reserved per process
+    assert conf.task_acks_late is True
+    assert conf.task_reject_on_worker_lost is True
+    assert conf.task_acks_on_failure_or_timeout is True
+    assert conf.worker_prefetch_multiplier == 1
+    # Running stages are not cancelled when the broker connection drops
+    assert conf.worker_cancel_long_running_tasks_on_connection_loss is False
+    assert conf.broker_connection_retry_on_startup is True
+    # JSON only, in and out
+    assert conf.task_serializer == "json" and conf.result_serializer == "json"
+    assert list(conf.accept_content) == ["json"]
+    # No result backend use: job state lives in PostgreSQL
+    assert conf.task_ignore_result is True
+    assert conf.task_store_errors_even_if_ignored is False
+    # Our JSON logging stays in place
+    assert conf.worker_hijack_root_logger is False
+    assert conf.worker_redirect_stdouts is False
+    # Redis gives an unacked message to another worker only after the visibility timeout
+    assert conf.broker_transport_options["visibility_timeout"] == visibility_timeout(settings)
+    assert visibility_timeout(settings) >= 3600
+    # The environment's part
+    assert conf.broker_url == settings.broker_url
+    assert conf.task_default_queue == "config-test"
+    # No global time limit: each stage's limits are applied by the worker running it
+    assert conf.task_time_limit is None and conf.task_soft_time_limit is None
+
+
+@pytest.mark.parametrize("state", STAGE_STATES)
+def test_each_stage_task_has_the_delivery_semantics(app: Celery, settings: Settings,
+                                                    state: State):
+    # Celery's worker reads these from the task (celery/worker/request.py), which takes
+    # them from the configuration when the task is bound
+    task = app.tasks[task_name(state)]
+    assert task.acks_late is True
+    assert task.reject_on_worker_lost is True
+    assert task.acks_on_failure_or_timeout is True
+    assert task.ignore_result is True
+    assert task.max_retries is None
+    # The limits travel with the worker's task, never as Celery's own (which Celery would
+    # copy into every message the app sends)
+    spec = settings.stage(state)
+    assert task.stage_time_limits == (spec.timeout + settings.hard_timeout_grace, spec.timeout)
+    assert task.time_limit is None and task.soft_time_limit is None
