@@ -49,8 +49,11 @@ def create_app(settings: Settings, *, enqueuer: Enqueuer | None = None,
         enqueuer = make_enqueuer(settings)
     metrics = Metrics(uow)
     register_error_handlers(app)
-    _register_auth(app, settings)
+    # Observability first: a before_request hook that answers (auth's 401) skips the hooks
+    # registered after it, and every request, rejected ones included, needs its
+    # correlation id and timer before anything can answer it.
     _register_observability(app, metrics)
+    _register_auth(app, settings)
     _register_jobs(app, uow, enqueuer, getattr(enqueuer, "cancel", None))
     _register_health(app, uow, redis_client, metrics)
     return app
