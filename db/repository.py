@@ -239,6 +239,17 @@ class JobRepository:
             last_progress_at=func.now(), next_attempt_at=None,
             resume_count=jobs.c.resume_count + 1))
 
+    def unmark_resumed(self, job_id: UUID, state: State, fence: int) -> bool:
+        """Undo :meth:`mark_resumed` for a job whose enqueue failed: the resume did not
+        happen, and its last progress goes back to the epoch, before any cutoff, so the
+        next pass takes it (first). Only while it is still in ``state`` with ``fence``: a
+        job claimed or moved since has shown life of its own and is left alone."""
+        return self.c.execute(
+            update(jobs).where(self._owned(job_id, state, fence))
+            .values(last_progress_at=func.to_timestamp(0),
+                    resume_count=func.greatest(jobs.c.resume_count - 1, 0))
+        ).rowcount == 1
+
     def count_by_state(self) -> dict[str, int]:
         rows = self.c.execute(select(jobs.c.current_state, func.count())
                               .group_by(jobs.c.current_state))

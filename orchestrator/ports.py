@@ -65,6 +65,10 @@ class JobRepository(Protocol):
 
     def mark_resumed(self, job_id: UUID) -> None: ...
 
+    def unmark_resumed(self, job_id: UUID, state: State, fence: int) -> bool:
+        """Undo ``mark_resumed`` after a failed enqueue, so the next pass takes the job
+        again; False (nothing written) if it left ``state`` or ``fence`` meanwhile."""
+
 
 UnitOfWork = Callable[[], AbstractContextManager[JobRepository]]
 """Opens a transaction: commits when the block ends cleanly, rolls back on an exception."""

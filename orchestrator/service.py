@@ -95,24 +95,65 @@ def fail_job(uow: UnitOfWork, job_id: UUID, message: str, *,
 
 def recover(uow: UnitOfWork, locks: LockFactory, enqueue: Enqueuer, *, stale_after: float,
             limit: int = 100) -> list[UUID]:
-    """One recovery pass: resume every started, non-terminal job that shows no sign of life.
+    """One recovery pass: resume every started, non-terminal job that shows no sign of life;
+    return the ids of the jobs it enqueued.
 
     A job qualifies when its last progress (a transition, a claim, a heartbeat, a scheduled
     retry's due time, a previous resume) is older than ``stale_after`` seconds and nobody
     holds its lock. Candidates are selected ``FOR UPDATE SKIP LOCKED`` and marked resumed in
-    the same transaction, so concurrent passes resume each job once. Re-running a stage is
-    safe: the stage task claims the job with a new fence before doing anything.
+    the same transaction, so concurrent passes resume each job once. Then each is enqueued;
+    one whose enqueue fails (the broker is down) is logged and un-marked, so the next pass
+    takes it again rather than ``stale_after`` later, and the rest of the batch still goes.
+    Re-running a stage is safe: the stage task claims the job with a new fence first.
     """
-    resumed: list[Job] = []
+    candidates: list[Job] = []
     with uow() as jobs:
         for job in jobs.stale_jobs(stale_after, limit):
             if locks.is_locked(job.job_id):
                 continue
             jobs.mark_resumed(job.job_id)
+            candidates.append(job)
+    resumed: list[Job] = []
+    stranded: list[Job] = []
+    for job in candidates:
+        if _enqueue_resumed(enqueue, job):
             resumed.append(job)
-    for job in resumed:
-        with job_context(job.job_id, job.correlation_id):
-            log_event(log, "recovery.resume", state=job.current_state.value,
-                      stage=job.current_state.value)
-            enqueue(job.job_id, job.current_state, job.correlation_id)
+        else:
+            stranded.append(job)
+    if stranded:
+        _unmark(uow, stranded)
     return [job.job_id for job in resumed]
+
+
+def _enqueue_resumed(enqueue: Enqueuer, job: Job) -> bool:
+    with job_context(job.job_id, job.correlation_id):
+        try:
+            enqueue(job.job_id, job.current_state, job.correlation_id)
+        except Exception as exc:  # the broker is down: un-marked, so the next pass retries
+            log_event(log, "recovery.enqueue_failed", logging.ERROR,
+                      state=job.current_state.value, stage=job.current_state.value,
+                      error=repr(exc))
+            return False
+        log_event(log, "recovery.resume", state=job.current_state.value,
+                  stage=job.current_state.value)
+        return True
+
+
+def _unmark(uow: UnitOfWork, stranded: list[Job]) -> None:
+    """Give the jobs whose enqueue failed back to the next pass, unless one was claimed or
+    moved meanwhile (it shows life then). If PostgreSQL fails us here too, they stay marked
+    and become stale again ``stale_after`` later, as any resumed job that stalls does."""
+    try:
+        with uow() as jobs:
+            kept = [job for job in stranded
+                    if not jobs.unmark_resumed(job.job_id, job.current_state, job.fence)]
+    except Exception as exc:
+        for job in stranded:
+            with job_context(job.job_id, job.correlation_id):
+                log_event(log, "recovery.unmark_failed", logging.ERROR,
+                          stage=job.current_state.value, error=repr(exc))
+        return
+    for job in kept:
+        with job_context(job.job_id, job.correlation_id):
+            log_event(log, "recovery.unmark_skipped", stage=job.current_state.value,
+                      reason="claimed or moved since it was marked")
