@@ -1,8 +1,21 @@
 """Prometheus metrics of the API: request counts and latencies, and the number of jobs
-in each state read from PostgreSQL at scrape time (so every API process agrees)."""
+in each state read from PostgreSQL at scrape time (so every API process agrees).
+
+Several processes, one answer: gunicorn runs the API in several worker processes, each
+counting the requests it serves, and a scrape reaches only one of them. So under
+``orchestrator api`` the counters live in prometheus_client's multiprocess mode: with
+``PROMETHEUS_MULTIPROC_DIR`` set (:func:`cli.serve.use_multiprocess_metrics`, before
+prometheus_client is first imported, which is when it picks its mode), every process
+writes its values to its own files in that directory, and a scrape, whichever process
+serves it, adds up the files of them all (``MultiProcessCollector``). Any other process
+tree that writes to the same directory (e.g. worker processes, later) is added up too.
+Without the variable (the Flask test client, several apps in one process) each app counts
+in a registry of its own, in memory.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 from flask import Response
@@ -12,12 +25,16 @@ from prometheus_client import (
     Counter,
     Histogram,
     generate_latest,
+    values,
 )
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from db.uow import PostgresUnitOfWork
 from orchestrator.states import State
+
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class _JobsByState(Collector):
@@ -37,15 +54,36 @@ class _JobsByState(Collector):
         yield family
 
 
+def multiprocess_dir() -> str | None:
+    """The directory every process's values are added up from, or None for in-process
+    counting. Refuses a directory prometheus_client does not write to: one set after it
+    was imported would be scraped empty while the counts stayed in memory."""
+    directory = os.environ.get(MULTIPROCESS_DIR)
+    if not directory:
+        return None
+    if values.ValueClass is values.MutexValue:
+        raise RuntimeError(f"{MULTIPROCESS_DIR} was set after prometheus_client was "
+                           "imported; set it before (cli.serve.use_multiprocess_metrics)")
+    return directory
+
+
 class Metrics:
-    """One registry per app, so several apps in one process (tests) do not collide."""
+    """The API's metrics and the registry a scrape reads. In-process: one registry per
+    app, so several apps in one process do not collide. Multiprocess: the scrape reads
+    the directory (every process's counters) and the jobs gauge, nothing in memory."""
 
     def __init__(self, uow: PostgresUnitOfWork):
         self.registry = CollectorRegistry()
+        directory = multiprocess_dir()
+        if directory:
+            MultiProcessCollector(self.registry, path=directory)
+        # In multiprocess mode the counters write to this process's files, which the
+        # collector above reads; registering them as well would serve them twice.
+        counters = None if directory else self.registry
         self.requests = Counter("orchestrator_api_requests_total", "API requests",
-                                ["method", "route", "status"], registry=self.registry)
+                                ["method", "route", "status"], registry=counters)
         self.latency = Histogram("orchestrator_api_request_seconds", "API request latency",
-                                 ["route"], registry=self.registry)
+                                 ["route"], registry=counters)
         self.registry.register(_JobsByState(uow))
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:

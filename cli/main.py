@@ -64,15 +64,18 @@ def migrate() -> None:
 @clear_errors
 def api() -> None:
     """Serve the internal API under gunicorn on ORCHESTRATOR_PORT (default 8001)."""
-    from api.app import create_app
-    from cli.serve import serve
+    from cli.serve import serve, use_multiprocess_metrics
 
     settings = settings_from_env()
     settings.require_services()
     settings.require_api_tokens()
     configure_logging(settings.log_level)
+    # Before api.app imports prometheus_client: /metrics then adds up every worker's counts.
+    metrics = use_multiprocess_metrics()
+    from api.app import create_app
+
     serve(lambda: create_app(settings), host=settings.api_host, port=settings.api_port,
-          workers=settings.api_workers)
+          workers=settings.api_workers, metrics=metrics)
 
 
 @main.command(context_settings={"ignore_unknown_options": True})

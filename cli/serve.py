@@ -1,8 +1,15 @@
-"""Serving a Flask app factory under gunicorn from Python, with our JSON logs."""
+"""Serving a Flask app factory under gunicorn from Python, with our JSON logs, and the
+Prometheus multiprocess directory that lets a scrape add up every gunicorn worker."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
+import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from flask import Flask
@@ -37,8 +44,59 @@ class GunicornServer(BaseApplication):
         return self.factory()
 
 
+METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+
+
+@dataclass(frozen=True)
+class MetricsDir:
+    path: Path
+    #: Made by us (a temporary directory), so removed when the server exits.
+    owned: bool
+
+
+def use_multiprocess_metrics() -> MetricsDir:
+    """Put this process and every process it forks in prometheus_client's multiprocess
+    mode, over a directory emptied now: ``PROMETHEUS_MULTIPROC_DIR`` when set (a directory
+    of this server's own, e.g. a tmpfs in a container), else a new temporary directory.
+    prometheus_client picks its mode once, when first imported, from that variable, so
+    this runs before it is imported; counts left by an earlier run would otherwise be
+    added to this one's."""
+    given = os.environ.get(METRICS_DIR_VARIABLE)
+    if not given and "prometheus_client" in sys.modules:
+        raise RuntimeError("prometheus_client was imported before its multiprocess "
+                           "directory was set")
+    if given:
+        path = Path(given)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):  # prometheus_client's files, and only those
+            stale.unlink()
+        return MetricsDir(path, owned=False)
+    path = Path(tempfile.mkdtemp(prefix="orchestrator-metrics-"))
+    os.environ[METRICS_DIR_VARIABLE] = str(path)
+    return MetricsDir(path, owned=True)
+
+
+def _metrics_hooks(metrics: MetricsDir) -> dict[str, Callable[..., None]]:
+    """Gunicorn server hooks (run in the master) for the multiprocess directory."""
+
+    def child_exit(_server: Any, worker: Any) -> None:
+        # Counters of a dead worker stay (a counter never goes down); its live gauges go.
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid, str(metrics.path))
+
+    def on_exit(_server: Any) -> None:
+        if metrics.owned:
+            shutil.rmtree(metrics.path, ignore_errors=True)
+
+    return {"child_exit": child_exit, "on_exit": on_exit}
+
+
 def serve(factory: Callable[[], Flask], *, host: str, port: int, workers: int,
-          on_starting: Callable[[Any], None] | None = None) -> None:
+          on_starting: Callable[[Any], None] | None = None,
+          metrics: MetricsDir | None = None) -> None:
+    """Serve ``factory()`` in ``workers`` gunicorn processes; with ``metrics`` (from
+    :func:`use_multiprocess_metrics`), keep its directory as the workers come and go."""
     options: dict[str, Any] = {
         "bind": f"{host}:{port}",
         "workers": workers,
@@ -52,4 +110,6 @@ def serve(factory: Callable[[], Flask], *, host: str, port: int, workers: int,
     }
     if on_starting:
         options["on_starting"] = on_starting
+    if metrics:
+        options.update(_metrics_hooks(metrics))
     GunicornServer(factory, options).run()
