@@ -55,6 +55,11 @@ def create_celery_app(settings: Settings) -> Celery:
             # Retries are counted in PostgreSQL (attempt rows), not in the message, so a
             # redelivered or resumed stage keeps its count; Celery must not cap them too.
             max_retries=None,
+            # This app's task only. A shared task (Celery's default) is also built into
+            # every app created later in the process, with THIS call's options, before
+            # that app's own: a second app (tests, several apps in one process) would get
+            # the first one's limits.
+            shared=False,
         )
     app.steps["worker"].add(RecoveryStep)
     _connect_signals(app, settings)

@@ -101,3 +101,16 @@ def test_each_stage_task_has_the_delivery_semantics(app: Celery, settings: Setti
     spec = settings.stage(state)
     assert task.stage_time_limits == (spec.timeout + settings.hard_timeout_grace, spec.timeout)
     assert task.time_limit is None and task.soft_time_limit is None
+
+
+def test_apps_in_one_process_keep_their_own_stage_limits():
+    # Given several apps built in one process (tests do; Celery's shared tasks would build
+    # each app's tasks with another app's options), each with its own COSTING_TIMEOUT
+    apps = {timeout: create_celery_app(Settings.from_env({**ENV, "COSTING_TIMEOUT": timeout}))
+            for timeout in ("7", "8", "9", "11", "12", "13")}
+    # Then each app's task has its own app's limits
+    grace = Settings.from_env(ENV).hard_timeout_grace
+    for timeout, app in apps.items():
+        task = app.tasks[task_name(State.COSTING)]
+        assert task.app is app
+        assert task.stage_time_limits == (float(timeout) + grace, float(timeout)), timeout
