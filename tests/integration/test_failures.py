@@ -18,6 +18,8 @@ from tests.integration.conftest import HAPPY_PATH, Api, ended_without_writing, t
 from tests.support.downstream_server import Reply
 from tests.support.processes import start_worker, wait_for
 
+pytestmark = pytest.mark.integration
+
 LIMITS = {
     "PLANNING_TIMEOUT": 5, "PARSING_TIMEOUT": 1.5, "ENRICHING_TIMEOUT": 30,
     "COSTING_TIMEOUT": 5, "PARSING_MAX_RETRIES": 2, "ENRICHING_MAX_RETRIES": 1,
@@ -199,29 +201,40 @@ def test_the_hard_time_limit_is_retried_like_any_timeout(failing, downstream):
 def test_a_stage_that_keeps_killing_its_worker_is_capped(private_database, redis_url,
                                                          downstream, log_dir):
     # Given a worker whose poison cap is 2 lost attempts, with quick lock expiry and
-    # recovery, and a PLANNING call that hangs until its process is killed
+    # recovery, and a PLANNING service that never answers (until the test ends)
     env = make_env(private_database, redis_url, downstream, MAX_LOST_ATTEMPTS=2, LOCK_TTL=2,
                    RECOVERY_STALE_AFTER=2, RECOVERY_INTERVAL=0.5)
     api = Api(create_app(Settings.from_env(env)).test_client())
     worker = start_worker("poison-worker", env, log_dir)
-    release = threading.Event()
+    never = threading.Event()
     job_id = uuid.uuid4()
-    downstream.script(job_id, "PLANNING", Reply(release=release, hang_for=60))
+    downstream.script(job_id, "PLANNING", Reply(release=never, hang_for=600))
     try:
         api.start(job_id)
-        # When each attempt's pool process dies (SIGKILL) mid-stage
+        # When each attempt's pool process dies (SIGKILL) while the service has its call
+        # (not merely after the attempt started: a kill before the call is sent is a
+        # different story, with a call fewer)
+        calls = []
         for attempt in (1, 2):
+            calls.append(downstream.wait_call(job_id, "PLANNING", attempt, timeout=60))
             pid = wait_for(lambda a=attempt: _stage_pid(worker, job_id, "PLANNING", a), 30,
-                           f"PLANNING attempt {attempt}")
+                           f"PLANNING attempt {attempt}'s pool process")
             os.kill(pid, signal.SIGKILL)
+            downstream.wait_ended(calls[-1])
         # Then the job fails with a message saying why, instead of looping forever
-        job = api.wait_state(job_id, "COMPLETED", "FAILED", timeout=30)
+        job = api.wait_state(job_id, "COMPLETED", "FAILED", timeout=60)
     finally:
-        release.set()
+        never.set()
         worker.stop()
     assert job["current_state"] == "FAILED"
     assert job["error_message"] == ("PLANNING attempt 3/5: gave up after 2 attempts ended "
                                     "with their worker lost")
-    assert [(s["attempt_number"], s["status"], s["error_message"]) for s in job["stages"]][:2] \
-        == [(1, "FAILED", "worker lost"), (2, "FAILED", "worker lost")]
-    assert len(downstream.calls_for(job_id, "PLANNING")) == 2
+    assert [(s["attempt_number"], s["status"], s["error_message"]) for s in job["stages"]] \
+        == [(1, "FAILED", "worker lost"), (2, "FAILED", "worker lost"),
+            (3, "FAILED", job["error_message"])]
+    assert transitions(job) == [("UPLOADED", "PLANNING"), ("PLANNING", "FAILED")]
+    # And the service saw each lost attempt once, one after the other, each ended by its
+    # worker's death; the attempt that gave up never called it
+    assert [c.attempt for c in downstream.calls_for(job_id, "PLANNING")] == [1, 2]
+    assert all(c.disconnected_at is not None and c.replied_at is None for c in calls)
+    assert calls[0].before(calls[1])
