@@ -14,14 +14,16 @@ import pytest
 from api.app import create_app
 from orchestrator.settings import Settings
 from tests.conftest import make_env
-from tests.integration.conftest import HAPPY_PATH, Api, ended_without_writing, transitions
+from tests.integration.conftest import HAPPY_PATH, Api, transitions
 from tests.support.downstream_server import Reply
-from tests.support.processes import start_worker, wait_for
+from tests.support.processes import Service, start_worker, wait_for
 
 pytestmark = pytest.mark.integration
 
+# ENRICHING's timeout is far beyond any wait of these tests: in the cancellation test,
+# nothing but the cancellation can end its call.
 LIMITS = {
-    "PLANNING_TIMEOUT": 5, "PARSING_TIMEOUT": 1.5, "ENRICHING_TIMEOUT": 30,
+    "PLANNING_TIMEOUT": 5, "PARSING_TIMEOUT": 1.5, "ENRICHING_TIMEOUT": 600,
     "COSTING_TIMEOUT": 5, "PARSING_MAX_RETRIES": 2, "ENRICHING_MAX_RETRIES": 1,
     "COSTING_MAX_RETRIES": 2, "PLANNING_MAX_RETRIES": 2, "HARD_TIMEOUT_GRACE": 1,
     "RETRY_BACKOFF_BASE": 0.3, "RETRY_BACKOFF_MAX": 5, "RETRY_JITTER": "false",
@@ -38,6 +40,43 @@ def failing(module_database, redis_url, downstream, log_dir):
 
 def attempts(job, stage):
     return [(s["attempt_number"], s["status"]) for s in job["stages"] if s["stage_name"] == stage]
+
+
+#: The last line of a stage run, logged by its own process after everything else it did.
+RUN_ENDS = ("lock.released", "lock.release_interrupted", "lock.lost")
+#: What a run that wrote something logs.
+WRITES = ("stage.succeeded", "stage.retry_scheduled", "stage.gave_up")
+
+
+def attempt_run(worker: Service, job_id: object, stage: str, attempt: int
+                ) -> list[dict] | None:
+    """The log lines of the run of ``attempt`` of ``stage``, in the pool process that
+    started it, from its ``stage.started`` to the lock's release at the very end of the
+    run (the runner's ``finally``); None until that end is logged. Unlike a
+    ``stage.fenced_out`` line (the heartbeat logs one too, while the stage still runs),
+    this end means the run has nothing left to do."""
+    events = worker.events()
+    started = next((i for i, e in enumerate(events)
+                    if e.get("event") == "stage.started" and e.get("job_id") == str(job_id)
+                    and e.get("stage") == stage and e.get("attempt") == attempt), None)
+    if started is None:
+        return None
+    pid = events[started]["pid"]
+    run = [e for e in events[started:] if e.get("pid") == pid
+           and e.get("job_id") == str(job_id)]
+    for n, event in enumerate(run):
+        if event.get("event") in RUN_ENDS and event.get("stage") == stage and not (
+                event.get("event") == "lock.lost"  # the heartbeat's, not the release's
+                and "before release" not in event.get("error", "")):
+            return run[:n + 1]
+    return None
+
+
+def wrote_nothing(run: list[dict]) -> bool:
+    """The run ended without writing: fenced out, interrupted or discarded, nothing else."""
+    names = [e.get("event") for e in run]
+    return not set(names) & set(WRITES) and bool(
+        {"stage.fenced_out", "stage.interrupted", "stage.skipped"} & set(names))
 
 
 def test_transient_errors_are_retried_with_growing_gaps(failing, downstream):
@@ -59,6 +98,7 @@ def test_transient_errors_are_retried_with_growing_gaps(failing, downstream):
     # And the service saw the real attempt numbers, spaced by the configured backoff
     calls = downstream.calls_for(job_id, "PARSING")
     assert [c.attempt for c in calls] == [1, 2, 3]
+    assert calls[0].before(calls[1]) and calls[1].before(calls[2])  # one at a time
     first_gap, second_gap = calls[1].at - calls[0].at, calls[2].at - calls[1].at
     assert first_gap >= 0.3 and second_gap >= 0.6  # base 0.3 × 2^(k−1), jitter off
     scheduled = [e["delay_s"] for e in worker.events()
@@ -82,16 +122,31 @@ def test_retry_after_is_honoured(failing, downstream):
 def test_a_hanging_service_costs_one_timeout_per_attempt(failing, downstream):
     api, worker = failing
     job_id = uuid.uuid4()
-    # Given a plan interpreter that never answers in time (PARSING_TIMEOUT=1.5, 2 retries)
-    downstream.script(job_id, "PARSING", Reply(hang_for=8))
-    api.start(job_id)
-    job = api.wait_state(job_id, "COMPLETED", "FAILED", timeout=60)
-    # Then three attempts time out, each lasting about the timeout, and the job fails
+    # Given a plan interpreter that never answers (until the test ends): PARSING_TIMEOUT=1.5,
+    # 2 retries
+    never = threading.Event()
+    downstream.script(job_id, "PARSING", Reply(release=never, hang_for=600))
+    try:
+        api.start(job_id)
+        job = api.wait_state(job_id, "COMPLETED", "FAILED", timeout=60)
+        calls = [downstream.wait_ended(downstream.wait_call(job_id, "PARSING", n))
+                 for n in (1, 2, 3)]
+    finally:
+        never.set()
+    # Then three attempts time out and the job fails
     assert job["current_state"] == "FAILED"
     assert attempts(job, "PARSING") == [(1, "FAILED"), (2, "FAILED"), (3, "FAILED")]
+    # And each was ended by the worker itself: it hung up on a service that never
+    # answered, before calling again, after waiting at least the timeout, and the timeout
+    # ended it (not Celery's hard limit, not a lost worker)
+    assert [(c.attempt, c.replied_at) for c in calls] == [(1, None), (2, None), (3, None)]
+    assert all(c.disconnected_at is not None for c in calls)
+    assert calls[0].before(calls[1]) and calls[1].before(calls[2])
+    assert len(downstream.calls_for(job_id, "PARSING")) == 3
     for stage in job["stages"][1:]:
-        assert 1400 <= stage["duration_ms"] < 4000, stage
-        assert "timed out after 1.5s" in stage["error_message"]
+        assert stage["duration_ms"] >= 1400, stage
+        assert "timed out after 1.5s" in stage["error_message"], stage
+        assert "hard time limit" not in stage["error_message"], stage
     assert job["error_message"].startswith("PARSING attempt 3/3: timed out after 1.5s")
     assert "retries exhausted after 3 attempts" in job["error_message"]
     assert job["retry_count"] == 2
@@ -141,26 +196,41 @@ def test_retries_exhausted_says_so_and_why(failing, downstream):
     assert job["retry_count"] == 2
 
 
-def test_cancellation_stops_the_stage_promptly(failing, downstream):
+def test_cancellation_stops_the_stage_in_flight(failing, downstream):
     api, worker = failing
     job_id = uuid.uuid4()
-    # Given an ENRICHING call that would hang for its whole 30 s timeout
-    release = threading.Event()
-    downstream.script(job_id, "ENRICHING", Reply(release=release, hang_for=40))
-    api.start(job_id)
-    wait_for(lambda: downstream.calls_for(job_id, "ENRICHING"), 20, "ENRICHING to start")
-    pid = wait_for(lambda: _stage_pid(worker, job_id, "ENRICHING", 1), 10, "its pool process")
-    # When an operator fails the job
-    assert api.fail(job_id, "cancelled by test").status_code == 200
-    # Then the task is interrupted within seconds, not at its 30 s timeout, writes nothing,
-    # and COSTING never starts
-    wait_for(lambda: ended_without_writing(worker, job_id), 10, "the revoked stage to stop")
-    release.set()
+    # Given an ENRICHING call the service never answers, with a timeout 10 minutes away
+    # (so only the cancellation can end it while this test waits)
+    never = threading.Event()
+    downstream.script(job_id, "ENRICHING", Reply(release=never, hang_for=600))
+    try:
+        api.start(job_id)
+        call = downstream.wait_call(job_id, "ENRICHING", 1)
+        pid = wait_for(lambda: _stage_pid(worker, job_id, "ENRICHING", 1), 30,
+                       "its pool process")
+        # When an operator fails the job
+        failed_at = downstream.mark()
+        assert api.fail(job_id, "cancelled by test").status_code == 200
+        # Then the worker hangs up on the service, after the fail and because of it
+        downstream.wait_ended(call, timeout=60)
+        run = wait_for(lambda: attempt_run(worker, job_id, "ENRICHING", 1), 60,
+                       "the cancelled attempt's run to end")
+    finally:
+        never.set()
+    assert call.disconnected_at is not None and call.replied_at is None
+    assert call.ended > failed_at
+    # And the run wrote nothing, the attempt is closed as cancelled, and COSTING never
+    # starts
+    assert wrote_nothing(run), run
     job = api.job(job_id)
     assert job["current_state"] == "FAILED" and job["error_message"] == "cancelled by test"
-    assert attempts(job, "ENRICHING") == [(1, "FAILED")]
+    assert [(s["stage_name"], s["attempt_number"], s["status"], s["error_message"])
+            for s in job["stages"]][-1] == ("ENRICHING", 1, "FAILED", "cancelled")
+    assert transitions(job)[-1] == ("ENRICHING", "FAILED")
     assert not downstream.calls_for(job_id, "COSTING")
-    os.kill(pid, 0)  # the pool process was interrupted, not killed
+    # And the pool process was interrupted, not killed: it logged its run's end itself
+    # (attempt_run reads that process's lines only), and lives on
+    os.kill(pid, 0)
 
 
 def _stage_pid(worker, job_id, stage, attempt):
@@ -179,7 +249,8 @@ def test_the_hard_time_limit_is_retried_like_any_timeout(failing, downstream):
     release = threading.Event()
     downstream.script(job_id, "PARSING", {1: Reply(release=release, hang_for=30)})
     api.start(job_id)
-    pid = wait_for(lambda: _stage_pid(worker, job_id, "PARSING", 1), 20, "PARSING to start")
+    call = downstream.wait_call(job_id, "PARSING", 1)
+    pid = wait_for(lambda: _stage_pid(worker, job_id, "PARSING", 1), 30, "PARSING to start")
     os.kill(pid, signal.SIGSTOP)
     try:
         # Then the hard limit kills it, the attempt is closed as timed out, and the retry
@@ -192,6 +263,10 @@ def test_the_hard_time_limit_is_retried_like_any_timeout(failing, downstream):
     assert job["current_state"] == "COMPLETED", job
     assert transitions(job) == HAPPY_PATH
     assert attempts(job, "PARSING") == [(1, "FAILED"), (2, "SUCCESS")]
+    # The frozen attempt's connection closed (its process killed) before the retry called
+    retry = downstream.wait_call(job_id, "PARSING", 2)
+    assert downstream.wait_ended(call).disconnected_at is not None
+    assert call.before(retry)
     first = next(s for s in job["stages"] if s["stage_name"] == "PARSING")
     assert "hard time limit" in first["error_message"]
     assert job["retry_count"] == 1
