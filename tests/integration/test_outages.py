@@ -4,7 +4,6 @@ not ready meanwhile, and jobs in flight end terminal with nothing lost or double
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import pytest
@@ -14,8 +13,10 @@ from db.migrate import upgrade
 from orchestrator.settings import Settings
 from tests.conftest import make_env
 from tests.integration.conftest import HAPPY_PATH, Api, start_with_a_hang, transitions
-from tests.support.processes import start_worker, wait_for
+from tests.support.processes import Service, start_worker, wait_for
 from tests.support.services import ThrowawayPostgres, ThrowawayRedis, postgres_database
+
+pytestmark = pytest.mark.integration
 
 FAST = {"LOCK_TTL": 2, "RECOVERY_STALE_AFTER": 2, "RECOVERY_INTERVAL": 0.5}
 
@@ -23,6 +24,13 @@ FAST = {"LOCK_TTL": 2, "RECOVERY_STALE_AFTER": 2, "RECOVERY_INTERVAL": 0.5}
 def readiness(api: Api) -> tuple[int, dict]:
     response = api.client.get("/readyz")
     return response.status_code, response.get_json()
+
+
+def task_ended(worker: Service, job_id: object, stage: str) -> bool:
+    """Celery's own line about the end of the stage's task (succeeded, or raised)."""
+    prefix = f"Task orchestrator.stage.{stage.lower()}["
+    return any(e.get("job_id") == str(job_id) and str(e.get("message", "")).startswith(prefix)
+               for e in worker.events())
 
 
 def test_redis_restart_mid_run(private_database, downstream, log_dir, tmp_path):
@@ -38,15 +46,21 @@ def test_redis_restart_mid_run(private_database, downstream, log_dir, tmp_path):
         status, body = readiness(api)
         assert status == 503 and body["checks"]["redis"].startswith("error")
         assert body["checks"]["postgresql"] == "ok"
+        # And PARSING's answer arrives while Redis is down: its task ends meanwhile
         release.set()
-        time.sleep(1)  # an outage of a little while, not an instant blip
+        downstream.wait_ended(downstream.call(job_id, "PARSING", 1))
+        wait_for(lambda: task_ended(worker, job_id, "PARSING"), 60,
+                 "the PARSING task to end during the outage")
+        assert readiness(api)[0] == 503
         redis_server.start()
         # Then the API is ready again, and the job completes with an exact history
-        wait_for(lambda: readiness(api)[0] == 200, 20, "the API to be ready again")
+        wait_for(lambda: readiness(api)[0] == 200, 60, "the API to be ready again")
         job = api.wait_state(job_id, "COMPLETED", "FAILED", timeout=60)
         assert job["current_state"] == "COMPLETED", job
         assert transitions(job) == HAPPY_PATH
         assert [s["status"] for s in job["stages"]].count("SUCCESS") == 4
+        # (the chain's next message was lost with Redis: recovery went on with the job)
+        assert worker.has_event("recovery.resume", job_id=str(job_id))
         # And new jobs go through as before
         fresh = uuid.uuid4()
         api.start(fresh)
@@ -79,14 +93,23 @@ def test_postgres_restart_mid_run(throwaway_postgres, redis_url, downstream, log
             unavailable = api.get(f"/internal/jobs/{job_id}")
             assert unavailable.status_code == 503
             assert unavailable.get_json()["error"]["code"] == "dependency_unavailable"
+            # And PARSING's answer arrives while PostgreSQL is down: its task ends meanwhile
             release.set()
-            time.sleep(1)
+            downstream.wait_ended(downstream.call(job_id, "PARSING", 1))
+            wait_for(lambda: task_ended(worker, job_id, "PARSING"), 60,
+                     "the PARSING task to end during the outage")
+            assert readiness(api)[0] == 503
             throwaway_postgres.restart()
             # Then everything reconnects and the job completes with an exact history
-            wait_for(lambda: readiness(api)[0] == 200, 20, "the API to be ready again")
+            wait_for(lambda: readiness(api)[0] == 200, 60, "the API to be ready again")
             job = api.wait_state(job_id, "COMPLETED", "FAILED", timeout=60)
             assert job["current_state"] == "COMPLETED", job
             assert transitions(job) == HAPPY_PATH
             assert [s["status"] for s in job["stages"]].count("SUCCESS") == 4
+            # (PARSING's result could not be written: recovery ran the stage again)
+            assert [(s["attempt_number"], s["status"], s["error_message"])
+                    for s in job["stages"] if s["stage_name"] == "PARSING"] == [
+                (1, "FAILED", "worker lost"), (2, "SUCCESS", None)]
+            assert worker.has_event("recovery.resume", job_id=str(job_id), stage="PARSING")
         finally:
             worker.stop()
