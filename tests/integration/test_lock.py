@@ -6,10 +6,13 @@ from __future__ import annotations
 import time
 import uuid
 
+import pytest
 import redis
 
 from tasks.lock import RedisLocks
 from tests.support.processes import wait_for
+
+pytestmark = pytest.mark.integration
 
 
 def locks(redis_url: str, ttl: float = 5) -> RedisLocks:
@@ -43,12 +46,26 @@ def test_an_expired_holder_can_neither_release_nor_renew_the_new_holders_lock(re
 
 
 def test_renewal_keeps_the_lock_past_its_ttl(redis_url):
-    factory, job_id = locks(redis_url, ttl=0.6), uuid.uuid4()
+    ttl = 2.0
+    factory, job_id = locks(redis_url, ttl=ttl), uuid.uuid4()
+    key = factory.key(job_id)
     holder = factory(job_id)
     assert holder.acquire()
-    deadline = time.monotonic() + 1.5  # 2.5 × the TTL
-    while time.monotonic() < deadline:
-        assert holder.extend()
-        time.sleep(0.2)  # the heartbeat's rhythm: a third of the TTL
+    acquired = time.monotonic()
+    renewals: list[tuple[int, int]] = []
+
+    # The heartbeat's rhythm: renew once a third of the TTL is gone (by Redis's own clock
+    # of the key), until the lock has been held for 2.5 TTLs
+    def held_long_enough() -> bool:
+        left = factory.client.pttl(key)
+        if left <= ttl * 1000 * 2 / 3:
+            assert holder.extend(), left
+            renewals.append((left, factory.client.pttl(key)))
+        return time.monotonic() - acquired > 2.5 * ttl
+
+    wait_for(held_long_enough, 2.5 * ttl + 30, "2.5 lock TTLs to pass")
+    # Then each renewal started the TTL over, and the lock is still held
+    assert len(renewals) >= 3
+    assert all(after > before for before, after in renewals), renewals
     assert factory.is_locked(job_id)
     assert holder.release()
