@@ -4,7 +4,10 @@ not ready meanwhile, and jobs in flight end terminal with nothing lost or double
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -71,10 +74,16 @@ def test_redis_restart_mid_run(private_database, downstream, log_dir, tmp_path):
 
 
 @pytest.fixture
-def throwaway_postgres(tmp_path):
-    server = ThrowawayPostgres(tmp_path / "pg")
+def throwaway_postgres():
+    # Not under pytest's tmp_path: pgserver runs PostgreSQL as another user and opens the
+    # directories above its data to that user, and any pytest session starting on the
+    # machine meanwhile closes /tmp/pytest-of-<user> again (0700), cutting the server off
+    # from its own data ("could not open file .../global/pg_control: Permission denied").
+    directory = Path(tempfile.mkdtemp(prefix="orch-test-pg-"))
+    server = ThrowawayPostgres(directory / "pg")
     yield server
     server.stop()
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def test_postgres_restart_mid_run(throwaway_postgres, redis_url, downstream, log_dir):
