@@ -16,6 +16,26 @@ import pytest
 from tests.support.downstream_server import ScriptedDownstream
 from tests.support.services import postgres_database, test_postgres, test_redis
 
+SERVICE_FIXTURES = {"database_url", "redis_url", "downstream", "log_dir"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep ``-m "not integration"`` honest. pytest ignores ``pytestmark`` in a conftest.py,
+    so every module under tests/integration and tests/e2e must mark itself; and a unit test
+    may not use the real services."""
+    problems = []
+    for item in items:
+        layer = Path(str(item.path)).relative_to(Path(__file__).parent).parts[0]
+        marked = item.get_closest_marker("integration") is not None
+        if layer in ("integration", "e2e") and not marked:
+            problems.append(f"{item.nodeid}: add pytestmark = pytest.mark.integration")
+        if layer == "unit" and (marked or SERVICE_FIXTURES & set(getattr(
+                item, "fixturenames", ()))):
+            problems.append(f"{item.nodeid}: a unit test uses the real services")
+    if problems:
+        raise pytest.UsageError("\n".join(sorted(set(problems))))
+
+
 API_TOKEN = "test-token-" + uuid.uuid4().hex[:8]
 DOWNSTREAM_TOKEN = "downstream-" + uuid.uuid4().hex[:8]
 

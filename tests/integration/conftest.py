@@ -98,11 +98,41 @@ def transitions(job: dict[str, Any]) -> list[tuple[str, str]]:
     return [(t["from_state"], t["to_state"]) for t in job["transitions"]]
 
 
-def ended_without_writing(worker, job_id) -> bool:
-    """The worker's stage for ``job_id`` stopped and wrote nothing: its compare-and-set
-    found the job changed (fenced out), or a cancellation interrupted it."""
-    return any(worker.has_event(e, job_id=str(job_id))
-               for e in ("stage.fenced_out", "stage.interrupted"))
+#: The last line of a stage run, logged by its own process after everything else it did.
+RUN_ENDS = ("lock.released", "lock.release_interrupted", "lock.lost")
+#: What a run that wrote something logs.
+WRITES = ("stage.succeeded", "stage.retry_scheduled", "stage.gave_up")
+
+
+def attempt_run(worker: Service, job_id: object, stage: str, attempt: int
+                ) -> list[dict] | None:
+    """The log lines of the run of ``attempt`` of ``stage``, in the pool process that
+    started it, from its ``stage.started`` to the lock's release at the very end of the
+    run (the runner's ``finally``); None until that end is logged. Unlike a
+    ``stage.fenced_out`` line (the heartbeat logs one too, while the stage still runs),
+    this end means the run has nothing left to do."""
+    events = worker.events()
+    started = next((i for i, e in enumerate(events)
+                    if e.get("event") == "stage.started" and e.get("job_id") == str(job_id)
+                    and e.get("stage") == stage and e.get("attempt") == attempt), None)
+    if started is None:
+        return None
+    pid = events[started]["pid"]
+    run = [e for e in events[started:] if e.get("pid") == pid
+           and e.get("job_id") == str(job_id)]
+    for n, event in enumerate(run):
+        if event.get("event") in RUN_ENDS and event.get("stage") == stage and not (
+                event.get("event") == "lock.lost"  # the heartbeat's, not the release's
+                and "before release" not in event.get("error", "")):
+            return run[:n + 1]
+    return None
+
+
+def wrote_nothing(run: list[dict]) -> bool:
+    """The run ended without writing: fenced out, interrupted or discarded, nothing else."""
+    names = [e.get("event") for e in run]
+    return not set(names) & set(WRITES) and bool(
+        {"stage.fenced_out", "stage.interrupted", "stage.skipped"} & set(names))
 
 
 def start_with_a_hang(api: Api, downstream, job_id: object, stage: str,

@@ -23,8 +23,14 @@ from orchestrator.settings import Settings
 from orchestrator.states import State
 from tasks.lock import RedisLocks
 from tests.conftest import make_env
-from tests.integration.conftest import HAPPY_PATH, Api, start_with_a_hang, transitions
-from tests.integration.test_failures import attempt_run, wrote_nothing
+from tests.integration.conftest import (
+    HAPPY_PATH,
+    Api,
+    attempt_run,
+    start_with_a_hang,
+    transitions,
+    wrote_nothing,
+)
 from tests.support.downstream_server import Reply
 from tests.support.processes import start_worker, wait_for
 from tests.support.services import ThrowawayRedis

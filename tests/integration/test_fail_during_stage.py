@@ -8,8 +8,7 @@ import threading
 import pytest
 
 from api.app import create_app
-from tests.integration.conftest import Api, transitions
-from tests.integration.test_failures import attempt_run, wrote_nothing
+from tests.integration.conftest import Api, attempt_run, transitions, wrote_nothing
 from tests.support.downstream_server import Reply
 from tests.support.processes import wait_for
 
