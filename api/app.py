@@ -33,8 +33,10 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings, *, enqueuer: Enqueuer | None = None,
                engine: Engine | None = None) -> Flask:
-    """The API over the PostgreSQL and Redis of ``settings``. ``enqueuer`` defaults to the
-    Celery chain; refuses to build with no token unless auth is explicitly disabled."""
+    """The API over the PostgreSQL and Redis of ``settings``; refuses to build with no
+    token unless auth is explicitly disabled. ``enqueuer`` is given by whoever composes
+    the process (``orchestrator api``); without one (tests), the light Celery sender of
+    ``tasks.chain``, never a worker's app. Its ``cancel``, if any, is the canceller."""
     settings.require_services()
     settings.require_api_tokens()
     app = Flask(__name__)

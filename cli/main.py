@@ -73,25 +73,47 @@ def api() -> None:
     # Before api.app imports prometheus_client: /metrics then adds up every worker's counts.
     metrics = use_multiprocess_metrics()
     from api.app import create_app
+    from tasks.chain import make_enqueuer
 
-    serve(lambda: create_app(settings), host=settings.api_host, port=settings.api_port,
-          workers=settings.api_workers, metrics=metrics)
+    # The API only sends: a light Celery app (broker and routing), not a worker's.
+    serve(lambda: create_app(settings, enqueuer=make_enqueuer(settings)),
+          host=settings.api_host, port=settings.api_port, workers=settings.api_workers,
+          metrics=metrics)
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
+@click.option("--stages", help="Comma-separated stages whose queues this worker consumes "
+                                "(e.g. planning,parsing); all four by default.")
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 @clear_errors
-def worker(celery_args: tuple[str, ...]) -> None:
+def worker(stages: str | None, celery_args: tuple[str, ...]) -> None:
     """Run a prefork Celery worker on CELERY_QUEUE (extra arguments go to Celery)."""
     from tasks.factory import create_celery_app
 
     settings = settings_from_env()
+    queues = stage_queue_names(settings, stages)
     configure_logging(settings.log_level)
     app = create_celery_app(settings)
     # --quiet: no ASCII banner, so every line of the worker's output is JSON.
     app.start(["--quiet", "worker", "--pool", "prefork",
                      "--concurrency", str(settings.worker_concurrency),
-                     "--loglevel", settings.log_level, *celery_args])
+                     "--loglevel", settings.log_level, "--queues", ",".join(queues),
+                     *celery_args])
+
+
+def stage_queue_names(settings: Settings, stages: str | None) -> list[str]:
+    """The queues of ``--stages`` (case-insensitive, comma-separated; all four when not
+    given); an unknown stage is a ConfigError naming it."""
+    from orchestrator.stages import STAGE_STATES
+    from tasks.chain import stage_queue
+
+    by_name = {s.value.lower(): s for s in STAGE_STATES}
+    wanted = [w.strip().lower() for w in (stages or ",".join(by_name)).split(",") if w.strip()]
+    unknown = [w for w in wanted if w not in by_name]
+    if unknown or not wanted:
+        raise ConfigError("--stages", f"unknown stage {', '.join(unknown) or '(none)'!r}; "
+                                      f"choose from {', '.join(by_name)}")
+    return [stage_queue(settings.celery_queue, by_name[w]) for w in dict.fromkeys(wanted)]
 
 
 @main.command()

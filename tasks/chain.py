@@ -1,10 +1,20 @@
-"""The one place the chain of stage tasks is built, and the enqueue function the API uses.
+"""The one place the chain of stage tasks is built and routed, and the enqueuer the API
+uses.
 
     planning.si(job) | parsing.si(job) | enriching.si(job) | costing.si(job)
 
-Signatures are immutable (``si``): only the job id and correlation id cross the broker;
-each stage reads its input from PostgreSQL (the previous stage's stored output). A
-resumed job gets the tail of the chain from its current state.
+Signatures are by task name and immutable (``si``): only the job id and correlation id
+cross the broker; each stage reads its input from PostgreSQL (the previous stage's stored
+output). A resumed job gets the tail of the chain from its current state.
+
+Each stage has its own queue, ``{CELERY_QUEUE}.{stage}`` (:func:`stage_queue`), so a
+worker can consume only some stages (``orchestrator worker --stages planning``). Every
+signature of the chain carries its queue, and every app (the worker's and the API's
+light sender) routes the stage tasks the same way (:func:`configure_routing`), so a
+stage sent by a worker (the next one of a chain, a retry, recovery, a hard-timeout
+re-enqueue) or by the API lands on the same queue.
+
+This module is what the API may import of ``tasks``: it builds no worker app.
 """
 
 from __future__ import annotations
@@ -13,9 +23,10 @@ from uuid import UUID
 
 from celery import Celery, chain
 from celery.canvas import Signature
+from kombu import Exchange, Queue
 
 from orchestrator.settings import Settings
-from orchestrator.stages import stages_from
+from orchestrator.stages import STAGE_STATES, stages_from
 from orchestrator.states import State
 
 
@@ -23,10 +34,37 @@ def task_name(state: State) -> str:
     return f"orchestrator.stage.{state.value.lower()}"
 
 
+def stage_queue(base: str, state: State) -> str:
+    """The queue of a stage: ``orchestrator.planning`` for PLANNING on ``orchestrator``."""
+    return f"{base}.{state.value.lower()}"
+
+
+def stage_queues(base: str, states: tuple[State, ...] = STAGE_STATES) -> list[Queue]:
+    """The queues of ``states``, each bound to a direct exchange of its own name (as Celery
+    creates a missing queue), so a message published to one reaches no other."""
+    return [Queue(name, Exchange(name, type="direct"), routing_key=name)
+            for name in (stage_queue(base, s) for s in states)]
+
+
+def configure_routing(app: Celery, settings: Settings) -> None:
+    """Declare the four stage queues (what a worker consumes unless told ``-Q``) and
+    route each stage task to its own; the same for a worker app and a sender."""
+    base = settings.celery_queue
+    app.conf.update(
+        task_default_queue=base,
+        task_queues=stage_queues(base),
+        task_routes={task_name(s): {"queue": stage_queue(base, s)} for s in STAGE_STATES},
+    )
+
+
 def stage_chain(app: Celery, job_id: UUID, from_state: State, correlation_id: str | None
                 ) -> Signature:
-    return chain(*(app.tasks[task_name(s)].si(str(job_id), correlation_id)
-                   for s in stages_from(from_state)))
+    """The chain from ``from_state`` to the end, each signature by name on its queue (the
+    app needs no task registered: a sender publishes by name)."""
+    base = app.conf.task_default_queue
+    return chain(*(app.signature(task_name(s), (str(job_id), correlation_id), immutable=True,
+                                 queue=stage_queue(base, s))
+                   for s in stages_from(from_state)), app=app)
 
 
 class CeleryEnqueuer:
@@ -44,16 +82,35 @@ class CeleryEnqueuer:
             countdown=countdown)
 
     def cancel(self, task_ids: list[str]) -> None:
-        """Revoke the tasks and interrupt them where they run: SIGUSR1 is the signal of
-        Celery's soft time limit, so the task gets SoftTimeLimitExceeded (and, its job
-        being FAILED already, writes nothing) while the pool process lives on."""
-        self.app.control.revoke(task_ids, terminate=True, signal="SIGUSR1")
+        """Stop the tasks where they run, in any pool: every worker gets the
+        ``orchestrator_cancel`` control command (:func:`tasks.stage.orchestrator_cancel`),
+        which cuts the stage's downstream call (threads pool) or sends its process SIGUSR1
+        (prefork), and flags the tasks revoked. Their job being FAILED already, they write
+        nothing."""
+        self.app.control.broadcast("orchestrator_cancel", arguments={"task_ids": task_ids})
+
+
+def create_sender_app(settings: Settings) -> Celery:
+    """A Celery app that only sends: the broker, the serializer and the routing, no tasks,
+    no runtime (no PostgreSQL engine, no Redis lock, no HTTP client). It publishes the
+    stage tasks by name; the worker that runs one applies its own time limits (see
+    :mod:`tasks.factory`), so its messages carry none."""
+    if not settings.broker_url:
+        settings.require_services()  # names the missing variable
+    app = Celery("orchestrator-sender", set_as_current=False)
+    app.conf.update(
+        broker_url=settings.broker_url,
+        broker_connection_retry_on_startup=True,
+        task_serializer="json", accept_content=["json"],
+        task_ignore_result=True,
+        task_send_sent_event=True,
+        timezone="UTC", enable_utc=True,
+    )
+    configure_routing(app, settings)
+    return app
 
 
 def make_enqueuer(settings: Settings) -> CeleryEnqueuer:
-    """The enqueue function for processes that only send (the API): a Celery app of the
-    same configuration, built now, connecting on first send. Its messages carry no time
-    limits (see :mod:`tasks.factory`): the worker that runs a stage applies its own."""
-    from tasks.factory import create_celery_app
-
-    return CeleryEnqueuer(create_celery_app(settings))
+    """The enqueuer of processes that only send (the API): built where the process is
+    composed, over :func:`create_sender_app`; it connects on first send."""
+    return CeleryEnqueuer(create_sender_app(settings))

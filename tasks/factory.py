@@ -1,7 +1,9 @@
-"""``create_celery_app(settings)``: the Celery app with its configuration, the four stage
-tasks, the recovery step and the logging hooks.
+"""``create_celery_app(settings)``: the worker's Celery app with its configuration, one
+task per stage of the stage table, the routing to the stage queues, the recovery step and
+the logging hooks.
 
-The same app sends (the API's enqueuer) and runs (the worker). A stage's time limits are
+Only workers (and the operator's ``orchestrator recover``) build it; the API sends with
+the light app of :func:`tasks.chain.create_sender_app`. A stage's time limits are
 given to its task as ``stage_time_limits``, which only a worker running it reads
 (:class:`tasks.stage.StageRequest`); never as Celery's ``time_limit``/``soft_time_limit``,
 which Celery copies into the header of every message the task's app sends, so a sender's
@@ -16,15 +18,19 @@ from celery import Celery, signals
 
 from orchestrator.logs import bind_job, configure_logging, log_event, unbind_job
 from orchestrator.settings import Settings
-from tasks import costing, enriching, parsing, planning
-from tasks.chain import task_name
+from tasks.chain import configure_routing, task_name
 from tasks.recovery import RecoveryStep
 from tasks.runtime import Runtime
-from tasks.stage import StageTask
+from tasks.stage import StageTask, run_stage_task
 
 log = logging.getLogger(__name__)
 
-STAGE_MODULES = (planning, parsing, enriching, costing)
+
+def run_stage(self: StageTask, job_id: str, correlation_id: str | None = None
+              ) -> dict[str, Any]:
+    """The body of every stage task: its stage is the task's ``stage_state``; the flow is
+    in :mod:`tasks.stage`."""
+    return run_stage_task(self, self.stage_state, job_id, correlation_id)
 
 
 def visibility_timeout(settings: Settings) -> float:
@@ -41,16 +47,15 @@ def create_celery_app(settings: Settings) -> Celery:
     app.config_from_object("celeryconfig")
     app.conf.update(
         broker_url=settings.broker_url,
-        task_default_queue=settings.celery_queue,
         broker_transport_options={"visibility_timeout": visibility_timeout(settings)},
         worker_concurrency=settings.worker_concurrency,
     )
+    configure_routing(app, settings)
     app.runtime = Runtime(settings)
-    for module in STAGE_MODULES:
-        spec = settings.stage(module.STATE)
+    for spec in settings.stages:  # the stage table, in order
         app.task(
-            module.run, bind=True, name=task_name(module.STATE), base=StageTask,
-            stage_state=module.STATE,
+            run_stage, bind=True, name=task_name(spec.state), base=StageTask,
+            stage_state=spec.state,
             stage_time_limits=(spec.timeout + settings.hard_timeout_grace, spec.timeout),
             # Retries are counted in PostgreSQL (attempt rows), not in the message, so a
             # redelivered or resumed stage keeps its count; Celery must not cap them too.

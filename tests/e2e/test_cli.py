@@ -45,3 +45,13 @@ def test_a_wrong_setting_exits_nonzero_with_one_line_naming_it(command, env, var
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and variable in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("stages", ["planning,pricing", "PLANNING,,Nope", ","])
+def test_an_unknown_stage_for_a_worker_exits_2_naming_it(stages):
+    result = run("worker", "--stages", stages,
+                 env={"DATABASE_URL": "postgresql://x/y", "REDIS_URL": "redis://x"})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    named = stages.split(",")[-1].lower() or "(none)"
+    assert len(lines) == 1 and "--stages" in lines[0] and named in lines[0], result.stderr

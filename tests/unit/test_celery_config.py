@@ -10,6 +10,7 @@ is where Celery's worker reads most of them).
 from __future__ import annotations
 
 import inspect
+import uuid
 
 import pytest
 from celery import Celery
@@ -19,7 +20,7 @@ import celeryconfig
 from orchestrator.settings import Settings
 from orchestrator.stages import STAGE_STATES
 from orchestrator.states import State
-from tasks.chain import task_name
+from tasks.chain import create_sender_app, stage_chain, task_name
 from tasks.factory import create_celery_app, visibility_timeout
 
 # Built, never connected: nothing listens on these ports.
@@ -114,3 +115,46 @@ def test_apps_in_one_process_keep_their_own_stage_limits():
         task = app.tasks[task_name(State.COSTING)]
         assert task.app is app
         assert task.stage_time_limits == (float(timeout) + grace, float(timeout)), timeout
+
+
+QUEUES = {state: f"config-test.{state.value.lower()}" for state in STAGE_STATES}
+
+
+def test_the_stage_tasks_are_the_stage_table(app: Celery):
+    # One task per stage of the table, registered in one loop; no other stage task
+    stage_tasks = sorted(n for n in app.tasks if n.startswith("orchestrator.stage."))
+    assert stage_tasks == sorted(task_name(s) for s in STAGE_STATES)
+    assert [app.tasks[task_name(s)].stage_state for s in STAGE_STATES] == list(STAGE_STATES)
+
+
+def test_a_worker_consumes_the_four_stage_queues_by_default(app: Celery):
+    # What `celery -A tasks worker` (no -Q) consumes: the stage queues, each on an
+    # exchange of its own, so a message published to one reaches no other
+    queues = app.amqp.queues
+    assert sorted(queues) == sorted(QUEUES.values())
+    for name, queue in queues.items():
+        assert queue.exchange.name == name and queue.routing_key == name
+
+
+@pytest.mark.parametrize("sender", ["worker", "api"])
+def test_each_stage_is_routed_to_its_own_queue(app: Celery, settings: Settings, sender: str):
+    # Given the worker's app, or the API's light sender
+    celery = app if sender == "worker" else create_sender_app(settings)
+    for state, queue in QUEUES.items():
+        # Then a stage task sent by name (a retry, a hard-timeout re-enqueue) is routed to
+        # its stage's queue
+        assert celery.amqp.router.route({}, task_name(state))["queue"].name == queue
+    # And every signature of a chain carries its own queue
+    steps = stage_chain(celery, uuid.uuid4(), State.PLANNING, "c").tasks
+    assert [(s.task, s.options["queue"]) for s in steps] == [
+        (task_name(state), queue) for state, queue in QUEUES.items()]
+
+
+def test_the_api_sender_is_no_worker_app(settings: Settings):
+    # The API's sender has the broker and the routing, and nothing of a worker's: no
+    # stage task, no runtime (engine, lock, HTTP client), no recovery step
+    sender = create_sender_app(settings)
+    assert sender.conf.broker_url == settings.broker_url
+    assert not [n for n in sender.tasks if n.startswith("orchestrator.")]
+    assert not hasattr(sender, "runtime")
+    assert list(sender.conf.accept_content) == ["json"]

@@ -109,3 +109,12 @@ def test_import_scanner_resolves_relative_imports() -> None:
         "orchestrator.states.State"}
     assert imported_modules("from ..tasks import app", "api.sub.mod") == {"api.tasks.app"}
     assert imported_modules("from . import errors", "api", is_package=True) == {"api.errors"}
+
+
+def test_no_module_per_stage_in_tasks():
+    # The stage tasks are registered from the stage table in one loop (tasks/factory.py)
+    from orchestrator.stages import STAGE_STATES
+
+    copies = [s.value.lower() for s in STAGE_STATES
+              if (ROOT / "tasks" / f"{s.value.lower()}.py").exists()]
+    assert copies == [], f"per-stage modules in tasks/: {copies}"
