@@ -14,13 +14,17 @@ def sqlalchemy_url(database_url: str) -> str:
     return database_url
 
 
-def make_engine(database_url: str, *, pool_size: int = 5) -> Engine:
+def make_engine(database_url: str, *, pool_size: int = 5,
+                max_connections: int | None = None) -> Engine:
     """An engine whose pool checks connections before use, so a PostgreSQL restart costs
-    one failed ping per stale connection rather than an error in a stage."""
+    one failed ping per stale connection rather than an error in a stage. It keeps
+    ``pool_size`` connections open and opens up to ``max_connections`` in all (default:
+    ``pool_size`` + 5) under a burst."""
+    pool_size = min(pool_size, max_connections or pool_size)
     return create_engine(
         sqlalchemy_url(database_url),
         pool_size=pool_size,
-        max_overflow=5,
+        max_overflow=max((max_connections or pool_size + 5) - pool_size, 0),
         pool_pre_ping=True,
         pool_recycle=1800,
         connect_args={"connect_timeout": 5, "application_name": "job-orchestrator"},

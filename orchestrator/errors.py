@@ -8,7 +8,8 @@
     └── StageError                  a stage attempt failed
         ├── TransientStageError     worth retrying: connection, timeout, 408, 429, 5xx
         │   └── StageTimeout        the attempt used up its stage's timeout
-        └── PermanentStageError     retrying cannot help: other 4xx, bad body, missing field
+        ├── PermanentStageError     retrying cannot help: other 4xx, bad body, missing field
+        └── StageCancelled          the job was failed while the attempt ran: write nothing
 
 Errors carry data (``job_id``, ``stage``, …) rather than only prose, and causes are
 chained with ``raise … from``. A busy lock or a compare-and-set that matches no row is not
@@ -82,3 +83,8 @@ class StageTimeout(TransientStageError):
 
 class PermanentStageError(StageError):
     """Retrying cannot help: the service refused the request or answered nonsense."""
+
+
+class StageCancelled(StageError):
+    """The attempt's call was cut because its job was failed by an operator meanwhile; the
+    job and the attempt were closed by that call, so the stage writes nothing."""

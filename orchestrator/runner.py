@@ -30,6 +30,7 @@ from uuid import UUID
 from orchestrator.backoff import retry_delay
 from orchestrator.errors import (
     PermanentStageError,
+    StageCancelled,
     StageError,
     StageTimeout,
     TransientStageError,
@@ -146,6 +147,11 @@ class StageRunner:
         with heartbeat:
             try:
                 output = self._call(spec, job, attempt, allowed, stage_input, started)
+            except StageCancelled as exc:
+                # The operator's fail closed the job and this attempt: nothing to write.
+                log_event(log, "stage.cancelled", logging.WARNING, stage=state.value,
+                          attempt=attempt, duration_ms=_ms(started), error=str(exc))
+                return Skipped("cancelled")
             except StageError as exc:
                 return self._attempt_failed(job, spec, fence, attempt, counts.failed, exc,
                                             _ms(started))

@@ -1,26 +1,41 @@
 """The HTTP side of a stage attempt: one POST per the contract, classified by
-:mod:`orchestrator.outcomes`."""
+:mod:`orchestrator.outcomes`, cut at the attempt's deadline or on cancellation by
+:mod:`tasks.inflight` whatever the pool."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 from uuid import UUID
 
 import requests
 
-from orchestrator.outcomes import classify_response, timeout_error, transport_error
+from orchestrator.errors import StageCancelled
+from orchestrator.outcomes import (
+    attempt_label,
+    classify_response,
+    timeout_error,
+    transport_error,
+)
 from orchestrator.stages import StageSpec
+from tasks.inflight import CuttableAdapter, InFlight
 
 CONNECT_TIMEOUT = 5.0
 MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 
 
 class HttpDownstream:
-    """Calls a stage's service; a Session per process keeps connections alive."""
+    """Calls a stage's service; a Session per process keeps connections alive (urllib3's
+    pool is thread-safe, and sized for the threads that share it)."""
 
-    def __init__(self, token: str | None):
+    def __init__(self, token: str | None, inflight: InFlight | None = None,
+                 connections: int = 10):
         self.token = token
+        self.inflight = inflight or InFlight()
         self.session = requests.Session()
+        adapter = CuttableAdapter(pool_connections=4, pool_maxsize=max(connections, 1))
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
 
     def __call__(self, spec: StageSpec, job_id: UUID, attempt: int, input: dict[str, Any],
                  correlation_id: str | None, timeout: float, allowed: int | None = None
@@ -32,13 +47,19 @@ class HttpDownstream:
         body: dict[str, Any] = {"job_id": str(job_id), "stage": spec.name, "attempt": attempt,
                                 "input": input}
         timeout = max(timeout, 0.01)
-        try:
-            response = self.session.post(spec.url, json=body, headers=headers,
-                                         timeout=(min(CONNECT_TIMEOUT, timeout), timeout))
-        except requests.Timeout as exc:
-            raise timeout_error(spec, attempt, allowed=allowed) from exc
-        except requests.RequestException as exc:
-            raise transport_error(spec, attempt, f"connection failed: {type(exc).__name__}",
-                                  allowed) from exc
-        return classify_response(spec, attempt, response.status_code, response.text,
+        with self.inflight.until(time.monotonic() + timeout) as call:
+            try:
+                response = self.session.post(spec.url, json=body, headers=headers,
+                                             timeout=(min(CONNECT_TIMEOUT, timeout), timeout))
+                text = response.text
+            except requests.RequestException as exc:
+                if call.cut_reason == "cancelled":
+                    raise StageCancelled(f"{attempt_label(spec, attempt, allowed)}: cancelled "
+                                         "while calling the service", stage=spec.name) from exc
+                if call.cut_reason == "timeout" or isinstance(exc, requests.Timeout):
+                    raise timeout_error(spec, attempt, allowed=allowed) from exc
+                raise transport_error(spec, attempt,
+                                      f"connection failed: {type(exc).__name__}",
+                                      allowed) from exc
+        return classify_response(spec, attempt, response.status_code, text,
                                  response.headers.get("Retry-After"), allowed)

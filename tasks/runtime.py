@@ -16,6 +16,7 @@ from db.engine import make_engine
 from db.uow import PostgresUnitOfWork
 from orchestrator.settings import Settings
 from tasks.downstream_client import HttpDownstream
+from tasks.inflight import InFlight
 from tasks.lock import RedisLocks
 
 
@@ -24,6 +25,9 @@ class Runtime:
 
     def __init__(self, settings: Settings):
         self.settings = settings
+        #: Stages this process runs at once: the worker's concurrency under a threads
+        #: pool (or in the API, which runs none), one in a prefork child.
+        self.stages_per_process = settings.worker_concurrency
 
     def after_fork(self) -> None:
         """Drop what the parent process made; called in each new pool child
@@ -32,13 +36,20 @@ class Runtime:
         engine: Engine | None = self.__dict__.get("engine")
         if engine is not None:
             engine.dispose(close=False)
-        for name in ("engine", "uow", "redis", "locks", "downstream"):
+        for name in ("engine", "uow", "redis", "locks", "inflight", "downstream"):
             self.__dict__.pop(name, None)
+        self.stages_per_process = 1
 
     @cached_property
     def engine(self) -> Engine:
+        """Sized so that no stage waits for a connection: a stage holds one only inside its
+        short transactions, never while it waits on its service (when its heartbeat may
+        take one for a moment instead); plus the recovery thread and one to spare.
+        Connections above the five kept open are opened only under a burst and closed
+        when given back."""
         assert self.settings.database_url, "DATABASE_URL is required"
-        return make_engine(self.settings.database_url)
+        return make_engine(self.settings.database_url,
+                           max_connections=self.stages_per_process + 2)
 
     @cached_property
     def uow(self) -> PostgresUnitOfWork:
@@ -56,5 +67,10 @@ class Runtime:
                           ttl=self.settings.lock_ttl)
 
     @cached_property
+    def inflight(self) -> InFlight:
+        return InFlight()
+
+    @cached_property
     def downstream(self) -> HttpDownstream:
-        return HttpDownstream(self.settings.downstream_token)
+        return HttpDownstream(self.settings.downstream_token, self.inflight,
+                              connections=self.stages_per_process)

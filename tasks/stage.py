@@ -14,7 +14,10 @@ from typing import Any
 from uuid import UUID
 
 from celery import Celery, Task
+from celery.concurrency.base import BasePool
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
+from celery.worker import state as worker_state
+from celery.worker.control import control_command, ok
 from celery.worker.request import Request
 
 from orchestrator.logs import job_context, log_event
@@ -34,7 +37,9 @@ def _runner(app: Celery) -> StageRunner:
 def run_stage_task(task: Task, state: State, job_id: str, correlation_id: str | None
                    ) -> dict[str, Any]:
     try:
-        outcome = _runner(task.app).run(UUID(job_id), state, correlation_id, task.request.id)
+        with task.app.runtime.inflight.track(task.request.id):
+            outcome = _runner(task.app).run(UUID(job_id), state, correlation_id,
+                                            task.request.id)
     except SoftTimeLimitExceeded:  # a second cancellation signal, after the runner's own
         raise Ignore() from None
     if isinstance(outcome, Advanced):
@@ -95,3 +100,35 @@ class StageTask(Task):
     #: Deliberately not Celery's ``time_limit``/``soft_time_limit``: Celery would copy
     #: those into every message this app sends (``Task.apply_async``'s exec options).
     stage_time_limits: tuple[float, float]
+
+
+#: The control command that cancels stage tasks (sent by ``CeleryEnqueuer.cancel``).
+CANCEL_COMMAND = "orchestrator_cancel"
+
+
+@control_command(args=[("task_ids", list)], signature="<task_id> [<task_id> ...]")
+def orchestrator_cancel(state: Any, task_ids: list[str], **_: Any) -> dict[str, Any]:
+    """Stop these stage tasks now, in whatever pool this worker runs them. Runs in the
+    worker's main process (its consumer thread), on every worker that gets the broadcast.
+
+    - threads pool: the stage's downstream call is cut where it waits, on its socket
+      (:class:`tasks.inflight.InFlight`); the service sees the client go away;
+    - prefork: the pool process running it gets SIGUSR1, the signal of Celery's soft time
+      limit, so the task unwinds and its process lives on;
+    - not started yet: flagged revoked, so it never runs here.
+    """
+    ids = set(task_ids or [])
+    worker_state.revoked.update(ids)
+    pool = state.consumer.pool
+    cut = state.consumer.app.runtime.inflight.abort(ids)
+    signalled = 0
+    # Pools of processes (prefork sets its terminate_job on the instance when it starts)
+    if getattr(pool.terminate_job, "__func__", None) is not BasePool.terminate_job:
+        for request in list(worker_state.active_requests):
+            if request.id in ids:
+                request.terminate(pool, signal="SIGUSR1")
+                signalled += 1
+    if cut or signalled:
+        log_event(log, "stage.cancel_received", tasks=sorted(ids), calls_cut=cut,
+                  processes_signalled=signalled)
+    return ok(f"cut {cut} call(s), signalled {signalled} process(es)")

@@ -129,10 +129,10 @@ def attempt_run(worker: Service, job_id: object, stage: str, attempt: int
 
 
 def wrote_nothing(run: list[dict]) -> bool:
-    """The run ended without writing: fenced out, interrupted or discarded, nothing else."""
+    """The run ended without writing: fenced out, interrupted, cancelled or discarded."""
     names = [e.get("event") for e in run]
     return not set(names) & set(WRITES) and bool(
-        {"stage.fenced_out", "stage.interrupted", "stage.skipped"} & set(names))
+        {"stage.fenced_out", "stage.interrupted", "stage.skipped", "stage.cancelled"} & set(names))
 
 
 def start_with_a_hang(api: Api, downstream, job_id: object, stage: str,

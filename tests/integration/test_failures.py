@@ -32,10 +32,25 @@ LIMITS = {
 
 @pytest.fixture(scope="module")
 def failing(module_database, redis_url, downstream, log_dir):
+    """A worker of the default pool (threads)."""
     env = make_env(module_database, redis_url, downstream, **LIMITS)
     worker = start_worker("failures-worker", env, log_dir)
     yield Api(create_app(Settings.from_env(env)).test_client()), worker
     worker.stop()
+
+
+@pytest.fixture(scope="module")
+def failing_prefork(database_url, redis_url, downstream, log_dir):
+    """The same with ``-P prefork``, in a deployment (database) of its own."""
+    from db.migrate import upgrade
+    from tests.support.services import postgres_database
+
+    with postgres_database(database_url) as url:
+        upgrade(url)
+        env = make_env(url, redis_url, downstream, **LIMITS)
+        worker = start_worker("failures-prefork-worker", env, log_dir, pool="prefork")
+        yield Api(create_app(Settings.from_env(env)).test_client()), worker
+        worker.stop()
 
 
 def attempts(job, stage):
@@ -159,8 +174,10 @@ def test_retries_exhausted_says_so_and_why(failing, downstream):
     assert job["retry_count"] == 2
 
 
-def test_cancellation_stops_the_stage_in_flight(failing, downstream):
-    api, worker = failing
+@pytest.mark.parametrize("pool", ["failing", "failing_prefork"])
+def test_cancellation_stops_the_stage_in_flight(pool, request, downstream):
+    # threads: the call is cut on its socket; prefork: its process gets SIGUSR1
+    api, worker = request.getfixturevalue(pool)
     job_id = uuid.uuid4()
     # Given an ENRICHING call the service never answers, with a timeout 10 minutes away
     # (so only the cancellation can end it while this test waits)
@@ -204,8 +221,10 @@ def _stage_pid(worker, job_id, stage, attempt):
     return None
 
 
-def test_the_hard_time_limit_is_retried_like_any_timeout(failing, downstream):
-    api, worker = failing
+def test_the_hard_time_limit_is_retried_like_any_timeout(failing_prefork, downstream):
+    # Celery's hard time limit kills a pool process: a prefork worker's. (A threads
+    # worker's calls are cut at their deadline by its watchdog instead, see above.)
+    api, worker = failing_prefork
     job_id = uuid.uuid4()
     # Given a PARSING attempt whose pool process freezes (SIGSTOP: the soft limit's
     # exception can never be raised, so only Celery's hard limit can end it)
@@ -243,7 +262,8 @@ def test_a_stage_that_keeps_killing_its_worker_is_capped(private_database, redis
     env = make_env(private_database, redis_url, downstream, MAX_LOST_ATTEMPTS=2, LOCK_TTL=2,
                    RECOVERY_STALE_AFTER=2, RECOVERY_INTERVAL=0.5)
     api = Api(create_app(Settings.from_env(env)).test_client())
-    worker = start_worker("poison-worker", env, log_dir)
+    # prefork: each killed pool process is replaced, so one worker sees every attempt
+    worker = start_worker("poison-worker", env, log_dir, pool="prefork")
     never = threading.Event()
     job_id = uuid.uuid4()
     downstream.script(job_id, "PLANNING", Reply(release=never, hang_for=600))

@@ -85,13 +85,17 @@ class Service:
 
 
 def start_worker(name: str, env: dict[str, str], log_dir: Path, concurrency: int = 2,
-                 timeout: float = 60, via_celery: bool = False) -> Service:
-    """`orchestrator worker`, or with ``via_celery`` Celery's own `celery -A tasks worker`."""
+                 timeout: float = 60, via_celery: bool = False,
+                 pool: str | None = None) -> Service:
+    """`orchestrator worker` (its default pool unless ``pool`` is given), or with
+    ``via_celery`` Celery's own `celery -A tasks worker`."""
     if via_celery:
-        argv = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "--pool", "prefork",
-                "--concurrency", str(concurrency), "--loglevel", "INFO"]
+        argv = [sys.executable, "-m", "celery", "-A", "tasks", "worker",
+                "--pool", pool or "prefork", "--concurrency", str(concurrency),
+                "--loglevel", "INFO"]
     else:
-        argv = [sys.executable, "-m", "cli", "worker", "--concurrency", str(concurrency)]
+        argv = [sys.executable, "-m", "cli", "worker", *(["--pool", pool] if pool else []),
+                "--concurrency", str(concurrency)]
     argv += ["--hostname", f"{name}@%h", "--without-gossip", "--without-mingle"]
     service = Service(name, argv, env, log_dir)
     with _stopped_unless_ready(service):
