@@ -2,7 +2,8 @@
 
 Order matters: sequential latency first (an idle system), then the throughput burst, then
 API latency (whose starts also keep the worker busy), the per-stage overhead (read from the
-database for the sequential jobs) and finally memory, after all of that work. The stack is
+database for the sequential jobs), memory after all of that work, and finally capacity,
+which stops the stack's worker and starts workers of its own. The stack is
 stopped and its database, Redis index and logs removed however the run ends; SIGTERM is
 treated like Ctrl-C so that holds for it too.
 """
@@ -16,8 +17,8 @@ import time
 from types import FrameType
 from typing import Any
 
-from benchmarks import api_latency, downstream, latency, memory, overhead, throughput
-from benchmarks.stack import WORKER_CONCURRENCY, BenchmarkError, Stack, running_stack
+from benchmarks import api_latency, capacity, downstream, latency, memory, overhead, throughput
+from benchmarks.stack import WORKER_CONCURRENCY, WORKER_POOL, BenchmarkError, Stack, running_stack
 
 
 def on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -32,6 +33,7 @@ def measure(stack: Stack) -> dict[str, Any]:
     figures.update(api_latency.run(stack, sequential_ids))
     figures.update(overhead.run(stack, sequential_ids))
     figures.update(memory.run(stack))
+    figures.update(capacity.run(stack))
     return figures
 
 
@@ -39,7 +41,8 @@ def report(figures: dict[str, Any], setup_s: float, total_s: float) -> dict[str,
     """The final JSON object: headline figures first, then the rest, then the context."""
     jobs = (latency.WARMUP + latency.JOBS + throughput.JOBS + api_latency.START_REQUESTS)
     return {**figures, "jobs": jobs, "latency_jobs": latency.JOBS,
-            "throughput_jobs": throughput.JOBS, "worker_concurrency": WORKER_CONCURRENCY,
+            "throughput_jobs": throughput.JOBS, "worker_pool": WORKER_POOL,
+            "worker_concurrency": WORKER_CONCURRENCY,
             "api_threads": api_latency.THREADS, "setup_s": round(setup_s, 1),
             "total_s": round(total_s, 1)}
 
