@@ -82,12 +82,17 @@ def api() -> None:
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
+@click.option("-P", "--pool", type=click.Choice(["threads", "prefork"]), default="threads",
+              show_default=True,
+              help="threads: WORKER_CONCURRENCY stages in flight in one process (stages "
+                   "mostly wait on their services); prefork: one process per stage.")
 @click.option("--stages", help="Comma-separated stages whose queues this worker consumes "
                                 "(e.g. planning,parsing); all four by default.")
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 @clear_errors
-def worker(stages: str | None, celery_args: tuple[str, ...]) -> None:
-    """Run a prefork Celery worker on CELERY_QUEUE (extra arguments go to Celery)."""
+def worker(pool: str, stages: str | None, celery_args: tuple[str, ...]) -> None:
+    """Run a Celery worker holding up to WORKER_CONCURRENCY stages in flight (extra
+    arguments go to Celery)."""
     from tasks.factory import create_celery_app
 
     settings = settings_from_env()
@@ -95,7 +100,7 @@ def worker(stages: str | None, celery_args: tuple[str, ...]) -> None:
     configure_logging(settings.log_level)
     app = create_celery_app(settings)
     # --quiet: no ASCII banner, so every line of the worker's output is JSON.
-    app.start(["--quiet", "worker", "--pool", "prefork",
+    app.start(["--quiet", "worker", "--pool", pool,
                      "--concurrency", str(settings.worker_concurrency),
                      "--loglevel", settings.log_level, "--queues", ",".join(queues),
                      *celery_args])

@@ -122,7 +122,7 @@ class Settings:
     api_port: int = 8001
     api_workers: int = 2
     downstream_port: int = 8002
-    worker_concurrency: int = 2
+    worker_concurrency: int = 100
     log_level: str = "INFO"
 
     @classmethod
@@ -158,7 +158,7 @@ class Settings:
             api_port=env.port("ORCHESTRATOR_PORT", 8001),
             api_workers=env.integer("ORCHESTRATOR_API_WORKERS", 2, minimum=1),
             downstream_port=env.port("DOWNSTREAM_PORT", 8002),
-            worker_concurrency=env.integer("WORKER_CONCURRENCY", 2, minimum=1),
+            worker_concurrency=env.integer("WORKER_CONCURRENCY", 100, minimum=1),
             log_level=log_level,
         )
 
