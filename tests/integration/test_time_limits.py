@@ -23,7 +23,7 @@ import redis
 from api.app import create_app
 from orchestrator.settings import Settings
 from orchestrator.states import State
-from tasks.chain import make_enqueuer
+from tasks.chain import make_enqueuer, stage_queue
 from tests.conftest import make_env
 from tests.integration.conftest import HAPPY_PATH, Api, start_with_a_hang, transitions
 from tests.support.downstream_server import Reply
@@ -117,13 +117,13 @@ def test_the_api_enqueuer_puts_no_time_limit_in_its_messages(database_url, redis
     settings = Settings.from_env(env)
     enqueue = make_enqueuer(settings)
     broker = redis.Redis.from_url(settings.broker_url or "")
+    queue = stage_queue(settings.celery_queue, State.PLANNING)
     try:
         # When it sends a job's chain
         enqueue(uuid.uuid4(), State.PLANNING, "corr-limits")
-        raw = wait_for(lambda: broker.lrange(settings.celery_queue, 0, -1), 10,
-                       "the message in the broker")
+        raw = wait_for(lambda: broker.lrange(queue, 0, -1), 10, "the message in the broker")
     finally:
-        broker.delete(settings.celery_queue)
+        broker.delete(queue)
         broker.close()
     # Then the message, as stored in the broker, carries no time limit, nor does any
     # stage of the chain it carries
