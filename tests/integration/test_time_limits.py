@@ -37,10 +37,12 @@ WORKER_TIMEOUT = 4  # the worker's PLANNING_TIMEOUT; its hard limit is 4 + 1 s o
 @pytest.fixture
 def deployment(private_database, redis_url, downstream, log_dir
                ) -> Iterator[tuple[dict[str, str], Service]]:
-    """A worker of the test's own with PLANNING_TIMEOUT=4 and its environment."""
+    """A worker of the test's own with PLANNING_TIMEOUT=4 and its environment: prefork,
+    the pool in which Celery's own time limits (and a message's) apply at all."""
     env = make_env(private_database, redis_url, downstream, PLANNING_TIMEOUT=WORKER_TIMEOUT,
                    HARD_TIMEOUT_GRACE=1)
-    worker = start_worker(f"limits-worker-{uuid.uuid4().hex[:6]}", env, log_dir)
+    worker = start_worker(f"limits-worker-{uuid.uuid4().hex[:6]}", env, log_dir,
+                          pool="prefork")
     yield env, worker
     worker.stop()
 
