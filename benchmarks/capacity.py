@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from benchmarks.memory import tree_memory
-from benchmarks.stack import Stack
+from benchmarks.stack import BenchmarkError, Stack
 from benchmarks.stats import r
 from benchmarks.throughput import start_all
 from tests.support.downstream_server import Reply
@@ -135,6 +135,12 @@ def capacity_worker(stack: Stack, pool: str, concurrency: int) -> Iterator[Servi
                           concurrency=concurrency, pool=pool)
     try:
         yield worker
+    except BenchmarkError:
+        tail = worker.log_path.read_text(errors="replace").splitlines()[-15:]
+        print(f"--- last {len(tail)} lines of the {worker.name} log ---", flush=True)
+        for line in tail:
+            print(line[:400], flush=True)
+        raise
     finally:
         worker.stop()
 
@@ -149,7 +155,7 @@ def threads_figures(stack: Stack, concurrency: int, prefix: str) -> dict[str, An
     with capacity_worker(stack, "threads", concurrency) as worker:
         instant = run_jobs(stack, worker, JOBS, 0)
         print(f"[capacity] {label}: {JOBS} instant jobs COMPLETED after {instant.wall:.2f} s "
-              f"(peak {instant.peak_in_flight} calls in flight)", flush=True)
+              f"(at most {instant.peak_in_flight} downstream call(s) open at once)", flush=True)
         idle = idle_memory(worker)
         waiting = run_jobs(stack, worker, JOBS, WAIT_S)
     added = waiting.wall - instant.wall
