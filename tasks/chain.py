@@ -29,6 +29,10 @@ from orchestrator.settings import Settings
 from orchestrator.stages import STAGE_STATES, stages_from
 from orchestrator.states import State
 
+#: The control command that stops stage tasks where they run
+#: (:func:`tasks.stage.orchestrator_cancel`, sent by :meth:`CeleryEnqueuer.cancel`).
+CANCEL_COMMAND = "orchestrator_cancel"
+
 
 def task_name(state: State) -> str:
     return f"orchestrator.stage.{state.value.lower()}"
@@ -87,7 +91,7 @@ class CeleryEnqueuer:
         which cuts the stage's downstream call (threads pool) or sends its process SIGUSR1
         (prefork), and flags the tasks revoked. Their job being FAILED already, they write
         nothing."""
-        self.app.control.broadcast("orchestrator_cancel", arguments={"task_ids": task_ids})
+        self.app.control.broadcast(CANCEL_COMMAND, arguments={"task_ids": task_ids})
 
 
 def create_sender_app(settings: Settings) -> Celery:
@@ -98,14 +102,8 @@ def create_sender_app(settings: Settings) -> Celery:
     if not settings.broker_url:
         settings.require_services()  # names the missing variable
     app = Celery("orchestrator-sender", set_as_current=False)
-    app.conf.update(
-        broker_url=settings.broker_url,
-        broker_connection_retry_on_startup=True,
-        task_serializer="json", accept_content=["json"],
-        task_ignore_result=True,
-        task_send_sent_event=True,
-        timezone="UTC", enable_utc=True,
-    )
+    app.config_from_object("celeryconfig")  # the worker's serializer, events, clock
+    app.conf.update(broker_url=settings.broker_url)
     configure_routing(app, settings)
     return app
 

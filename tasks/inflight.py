@@ -106,10 +106,6 @@ class InFlight:
         self._ensure_watchdog()
         return len(found)
 
-    def in_flight(self) -> int:
-        with self._lock:
-            return sum(1 for c in self._calls.values() if c.deadline is not None)
-
     def _ensure_watchdog(self) -> None:
         with self._lock:
             if self._watchdog is None or not self._watchdog.is_alive():

@@ -23,7 +23,7 @@ from celery.worker.request import Request
 from orchestrator.logs import job_context, log_event
 from orchestrator.runner import Advanced, RetryLater, StageRunner
 from orchestrator.states import State
-from tasks.chain import CeleryEnqueuer
+from tasks.chain import CANCEL_COMMAND, CeleryEnqueuer
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +102,8 @@ class StageTask(Task):
     stage_time_limits: tuple[float, float]
 
 
-#: The control command that cancels stage tasks (sent by ``CeleryEnqueuer.cancel``).
-CANCEL_COMMAND = "orchestrator_cancel"
-
-
-@control_command(args=[("task_ids", list)], signature="<task_id> [<task_id> ...]")
+@control_command(name=CANCEL_COMMAND, args=[("task_ids", list)],
+                 signature="<task_id> [<task_id> ...]")
 def orchestrator_cancel(state: Any, task_ids: list[str], **_: Any) -> dict[str, Any]:
     """Stop these stage tasks now, in whatever pool this worker runs them. Runs in the
     worker's main process (its consumer thread), on every worker that gets the broadcast.
