@@ -104,6 +104,16 @@ RUN_ENDS = ("lock.released", "lock.release_interrupted", "lock.lost")
 WRITES = ("stage.succeeded", "stage.retry_scheduled", "stage.gave_up")
 
 
+def stage_pid(worker: Service, job_id: object, stage: str, attempt: int) -> int | None:
+    """The pid of the process that started ``attempt`` of ``stage`` (its pool process
+    under prefork), from its ``stage.started`` line; None until then."""
+    for event in worker.events():
+        if (event.get("event") == "stage.started" and event.get("job_id") == str(job_id)
+                and event.get("stage") == stage and event.get("attempt") == attempt):
+            return int(event["pid"])
+    return None
+
+
 def attempt_run(worker: Service, job_id: object, stage: str, attempt: int
                 ) -> list[dict] | None:
     """The log lines of the run of ``attempt`` of ``stage``, in the pool process that

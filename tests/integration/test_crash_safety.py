@@ -66,6 +66,16 @@ def stage_rows(job, stage):
             for s in job["stages"] if s["stage_name"] == stage]
 
 
+def assert_owned_by_the_second_attempt(api, downstream, job_id) -> None:
+    """Nothing of the first PARSING attempt was written: the job is still in PARSING, the
+    first attempt closed as lost, the second still running, no later stage called."""
+    job = api.job(job_id)
+    assert job["current_state"] == "PARSING"
+    assert transitions(job) == HAPPY_PATH[:2]
+    assert stage_rows(job, "PARSING") == [(1, "FAILED", "worker lost"), (2, "RUNNING", None)]
+    assert not downstream.calls_for(job_id, "ENRICHING")
+
+
 @pytest.mark.parametrize("stage", STAGES)
 def test_sigkill_in_any_stage_and_the_job_still_completes_exactly_once(
         pair, downstream, stage):
@@ -127,12 +137,7 @@ def test_a_paused_worker_that_wakes_up_cannot_write(pair, downstream):
         # the job is in PARSING, the first attempt closed as lost, no later stage called
         assert wrote_nothing(run), run
         assert second.open
-        job = api.job(job_id)
-        assert job["current_state"] == "PARSING"
-        assert transitions(job) == HAPPY_PATH[:2]
-        assert stage_rows(job, "PARSING") == [(1, "FAILED", "worker lost"),
-                                              (2, "RUNNING", None)]
-        assert not downstream.calls_for(job_id, "ENRICHING")
+        assert_owned_by_the_second_attempt(api, downstream, job_id)
     finally:
         fresh.set()
     # And the new owner finishes the job with one history, one call per later stage
@@ -183,12 +188,7 @@ def test_a_worker_cut_off_from_redis_cannot_write(private_database, redis_url, d
         # Then A wrote nothing: B's attempt still owns the job, in PARSING; A's write was
         # fenced out, though A never learnt it had lost its lock
         assert first.replied_at is not None and second.open
-        job = api.job(job_id)
-        assert job["current_state"] == "PARSING"
-        assert transitions(job) == HAPPY_PATH[:2]
-        assert stage_rows(job, "PARSING") == [(1, "FAILED", "worker lost"),
-                                              (2, "RUNNING", None)]
-        assert not downstream.calls_for(job_id, "ENRICHING")
+        assert_owned_by_the_second_attempt(api, downstream, job_id)
         assert a.has_event("stage.fenced_out", job_id=str(job_id), stage="PARSING", attempt=1)
         assert not a.has_event("lock.lost", job_id=str(job_id))
         # And B finishes the job with one history

@@ -14,7 +14,14 @@ import pytest
 from api.app import create_app
 from orchestrator.settings import Settings
 from tests.conftest import make_env
-from tests.integration.conftest import HAPPY_PATH, Api, attempt_run, transitions, wrote_nothing
+from tests.integration.conftest import (
+    HAPPY_PATH,
+    Api,
+    attempt_run,
+    stage_pid,
+    transitions,
+    wrote_nothing,
+)
 from tests.support.downstream_server import Reply
 from tests.support.processes import start_worker, wait_for
 
@@ -186,7 +193,7 @@ def test_cancellation_stops_the_stage_in_flight(pool, request, downstream):
     try:
         api.start(job_id)
         call = downstream.wait_call(job_id, "ENRICHING", 1)
-        pid = wait_for(lambda: _stage_pid(worker, job_id, "ENRICHING", 1), 30,
+        pid = wait_for(lambda: stage_pid(worker, job_id, "ENRICHING", 1), 30,
                        "its pool process")
         # When an operator fails the job
         failed_at = downstream.mark()
@@ -213,14 +220,6 @@ def test_cancellation_stops_the_stage_in_flight(pool, request, downstream):
     os.kill(pid, 0)
 
 
-def _stage_pid(worker, job_id, stage, attempt):
-    for event in worker.events():
-        if (event.get("event") == "stage.started" and event.get("job_id") == str(job_id)
-                and event.get("stage") == stage and event.get("attempt") == attempt):
-            return event["pid"]
-    return None
-
-
 def test_the_hard_time_limit_is_retried_like_any_timeout(failing_prefork, downstream):
     # Celery's hard time limit kills a pool process: a prefork worker's. (A threads
     # worker's calls are cut at their deadline by its watchdog instead, see above.)
@@ -232,7 +231,7 @@ def test_the_hard_time_limit_is_retried_like_any_timeout(failing_prefork, downst
     downstream.script(job_id, "PARSING", {1: Reply(release=release, hang_for=30)})
     api.start(job_id)
     call = downstream.wait_call(job_id, "PARSING", 1)
-    pid = wait_for(lambda: _stage_pid(worker, job_id, "PARSING", 1), 30, "PARSING to start")
+    pid = wait_for(lambda: stage_pid(worker, job_id, "PARSING", 1), 30, "PARSING to start")
     os.kill(pid, signal.SIGSTOP)
     try:
         # Then the hard limit kills it, the attempt is closed as timed out, and the retry
@@ -275,7 +274,7 @@ def test_a_stage_that_keeps_killing_its_worker_is_capped(private_database, redis
         calls = []
         for attempt in (1, 2):
             calls.append(downstream.wait_call(job_id, "PLANNING", attempt, timeout=60))
-            pid = wait_for(lambda a=attempt: _stage_pid(worker, job_id, "PLANNING", a), 30,
+            pid = wait_for(lambda a=attempt: stage_pid(worker, job_id, "PLANNING", a), 30,
                            f"PLANNING attempt {attempt}'s pool process")
             os.kill(pid, signal.SIGKILL)
             downstream.wait_ended(calls[-1])

@@ -25,7 +25,7 @@ from orchestrator.settings import Settings
 from orchestrator.states import State
 from tasks.chain import make_enqueuer, stage_queue
 from tests.conftest import make_env
-from tests.integration.conftest import HAPPY_PATH, Api, start_with_a_hang, transitions
+from tests.integration.conftest import HAPPY_PATH, Api, stage_pid, start_with_a_hang, transitions
 from tests.support.downstream_server import Reply
 from tests.support.processes import Service, start_worker, wait_for
 
@@ -52,14 +52,6 @@ def api_with(env: dict[str, str], planning_timeout: float) -> Api:
     PLANNING_TIMEOUT of its own."""
     settings = Settings.from_env({**env, "PLANNING_TIMEOUT": str(planning_timeout)})
     return Api(create_app(settings).test_client())
-
-
-def stage_pid(worker: Service, job_id: object, stage: str, attempt: int) -> int | None:
-    for event in worker.events():
-        if (event.get("event") == "stage.started" and event.get("job_id") == str(job_id)
-                and event.get("stage") == stage and event.get("attempt") == attempt):
-            return int(event["pid"])
-    return None
 
 
 def attempts(job: dict[str, Any], stage: str) -> list[tuple[int, str, str | None]]:
