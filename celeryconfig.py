@@ -38,6 +38,11 @@ task_acks_on_failure_or_timeout = True
 # a long stage does not sit on prefetched messages another worker could run now.
 worker_prefetch_multiplier = 1
 
+# Celery's consumer, except that under the threads pool a finished stage's ack goes within
+# 50 ms instead of up to 2 s later. With late acks and the prefetch limit above, a worker
+# whose reserved messages had all ended took nothing new until then (tasks/consumer.py).
+worker_consumer = "tasks.consumer:Consumer"
+
 # On losing the broker connection, let running stages finish instead of cancelling them.
 # Cancelling is Celery 6's default, but that path has been reported to crash the worker's
 # main process on connection loss (celery/celery#7185, #9250). Letting the stage finish is

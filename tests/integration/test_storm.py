@@ -21,7 +21,6 @@ from tests.support.processes import Service, start_worker, wait_for
 pytestmark = pytest.mark.integration
 
 JOBS, WORKERS, KILLS = 30, 3, 4
-POOL = "prefork"
 STAGES = ("PLANNING", "PARSING", "ENRICHING", "COSTING")
 
 
@@ -32,9 +31,8 @@ def test_every_job_survives_a_storm_of_sigkills(private_database, redis_url, dow
                    RECOVERY_INTERVAL=0.5, MAX_LOST_ATTEMPTS=5)
     api = Api(create_app(Settings.from_env(env)).test_client())
     names = (f"storm-{n}" for n in itertools.count())
-    # prefork: under the threads pool this storm runs, but slowly (recovery re-enqueues
-    # queued jobs as stale many times over); kept on prefork until that is understood
-    workers = [start_worker(next(names), env, log_dir, pool=POOL) for _ in range(WORKERS)]
+    # the pool the product ships (threads): 2 stages in flight per worker here
+    workers = [start_worker(next(names), env, log_dir) for _ in range(WORKERS)]
     everyone = list(workers)
     rng = random.Random(20261130)
     ids = [uuid.uuid4() for _ in range(JOBS)]
@@ -60,7 +58,7 @@ def test_every_job_survives_a_storm_of_sigkills(private_database, redis_url, dow
             workers.remove(victim)
             victim.kill()
             killed_calls.append(call)
-            workers.append(start_worker(next(names), env, log_dir, pool=POOL))
+            workers.append(start_worker(next(names), env, log_dir))
             everyone.append(workers[-1])
 
         # Then every job reaches a terminal state without an operator
