@@ -143,7 +143,8 @@ class StageRunner:
                                task_id=task_id)
         log_event(log, "stage.started", stage=state.value, attempt=attempt, fence=fence)
         started = time.monotonic()
-        heartbeat = Heartbeat(self, job.job_id, state, fence, lock)
+        heartbeat = Heartbeat(self, job.job_id, state, fence, lock,
+                              overrun_after=spec.timeout + self.settings.hard_timeout_grace)
         with heartbeat:
             try:
                 output = self._call(spec, job, attempt, allowed, stage_input, started)
@@ -263,12 +264,22 @@ class Heartbeat:
 
     If the lock is gone (expired while the process was paused, or taken over), ``lost`` is
     set and nothing more is renewed; the stage's own writes are fenced anyway.
+
+    A stage still running ``overrun_after`` seconds after it started (its timeout plus
+    ``HARD_TIMEOUT_GRACE``) is stuck somewhere its deadline cannot reach: the watchdog
+    cuts only the downstream call, and no thread can be killed. From then on it is not
+    renewed either: ``lost`` is set and the lock left to expire, so recovery takes the job
+    over as from a dead worker and the stuck stage's writes are fenced out. Under prefork,
+    Celery's hard time limit kills the process at that same moment.
     """
 
     def __init__(self, runner: StageRunner, job_id: UUID, state: State, fence: int,
-                 lock: JobLock, clock: Callable[[], float] = time.monotonic):
+                 lock: JobLock, *, overrun_after: float | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.runner, self.job_id, self.state, self.fence, self.lock = (
             runner, job_id, state, fence, lock)
+        self.overrun_after, self.clock = overrun_after, clock
+        self.started = clock()
         self.lost = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id}",
@@ -292,6 +303,16 @@ class Heartbeat:
                     return
 
     def _beat_once(self) -> bool:
+        elapsed = self.clock() - self.started
+        if self.overrun_after is not None and elapsed > self.overrun_after:
+            self.lost.set()
+            log_event(log, "stage.overran", logging.ERROR, stage=self.state.value,
+                      duration_ms=int(elapsed * 1000),
+                      error=f"still running {elapsed:.0f}s after it started, past its "
+                            f"timeout and grace ({self.overrun_after:g}s): its lock is "
+                            "left to expire, recovery takes the job over and this "
+                            "stage's writes are fenced out")
+            return False
         try:
             if not self.lock.extend():
                 self.lost.set()

@@ -328,6 +328,40 @@ def test_the_heartbeat_extends_the_lock_and_records_a_sign_of_life() -> None:
     assert w.locks.extended >= 1 and not w.locks.extend_refused.is_set()
 
 
+def test_a_stage_stuck_past_its_timeout_and_grace_stops_renewing_its_lock(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # Given a stage stuck where its deadline cannot reach (here: a call that ignores it;
+    # in a worker, anything outside the downstream call the watchdog cuts)
+    job_id = uuid4()
+    renewed_before: list[int] = []
+
+    def overran() -> bool:
+        return any(r.getMessage() == "stage.overran" for r in caplog.records)
+
+    def stuck() -> None:
+        wait_for(overran, PATIENCE, "the heartbeat to give the stage up")
+        renewed_before.append(w.locks.extended)
+        snapshot.append(w.uow.snapshot())
+
+    snapshot: list[Tables] = []
+    w = world(Reply.ok(during=stuck), LOCK_TTL="1", PLANNING_TIMEOUT="0.3",
+              HARD_TIMEOUT_GRACE="1")
+    w.uow.add_job(State.PLANNING, job_id=job_id)
+    caplog.set_level("INFO")
+
+    # When it finally returns
+    outcome = w.run(job_id, State.PLANNING)
+
+    # Then past 0.3 s + 1 s the heartbeat stopped renewing (so the lock expires and
+    # recovery takes the job over) and the late result is discarded, nothing written
+    assert outcome == Skipped("lock lost during the stage; result discarded")
+    assert w.locks.extended == renewed_before[0]
+    assert w.uow.snapshot() == snapshot[0]
+    assert w.uow.attempts(job_id, State.PLANNING)[-1].status is AttemptStatus.RUNNING
+    (record,) = [r for r in caplog.records if r.getMessage() == "stage.overran"]
+    assert "past its timeout and grace (1.3s)" in record.__dict__["error"]
+
+
 # --- attempts lost with their worker ----------------------------------------------------
 
 
