@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, text
 
 
 def sqlalchemy_url(database_url: str) -> str:
@@ -29,3 +29,16 @@ def make_engine(database_url: str, *, pool_size: int = 5,
         pool_recycle=1800,
         connect_args={"connect_timeout": 5, "application_name": "job-orchestrator"},
     )
+
+
+def connection_room(engine: Engine) -> tuple[int, int]:
+    """``(usable, in_use)``: the connections PostgreSQL admits to non-superusers
+    (``max_connections`` less ``superuser_reserved_connections``) and the client
+    connections open now, this one included."""
+    with engine.connect() as connection:
+        usable, in_use = connection.execute(text(
+            "SELECT current_setting('max_connections')::int"
+            " - current_setting('superuser_reserved_connections')::int,"
+            " (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')"
+        )).one()
+    return int(usable), int(in_use)

@@ -1,4 +1,5 @@
-"""Recovery inside every worker: a pass at start-up, then every ``RECOVERY_INTERVAL``.
+"""Recovery inside every worker: a pass at start-up, then every ``RECOVERY_INTERVAL``;
+first, a line saying whether PostgreSQL has room for the worker's connection pool.
 
 A worker bootstep runs the passes in a thread of the worker's main process, so there is
 no extra process to deploy (no beat) and as many recoverers as workers; the passes are
@@ -13,6 +14,7 @@ from typing import Any
 
 from celery import Celery, bootsteps
 
+from db.engine import connection_room
 from orchestrator.logs import log_event
 from orchestrator.service import recover
 from tasks.chain import CeleryEnqueuer
@@ -30,6 +32,35 @@ def recovery_pass(app: Celery) -> int:
     return len(resumed)
 
 
+def connection_ceiling(pool: str, concurrency: int) -> int:
+    """The most PostgreSQL connections one worker may open: under threads, its one pool of
+    ``concurrency + 2`` (:attr:`tasks.runtime.Runtime.engine`); under prefork, 3 per child
+    (1 stage + 2) and 2 for the main process's recovery and hard-limit handling."""
+    if pool == "prefork":
+        return 3 * concurrency + 2
+    return concurrency + 2
+
+
+def check_connection_budget(app: Celery, pool: str, concurrency: int) -> None:
+    """Say at start-up whether PostgreSQL has room for this worker's connection pool; a
+    worker that may open more than is left risks stages failing to connect under a
+    burst, so that is a warning naming the figures to change."""
+    ceiling = connection_ceiling(pool, concurrency)
+    usable, in_use = connection_room(app.runtime.engine)
+    room = usable - in_use + 1  # this check's own connection is the worker's
+    fits = ceiling <= room
+    details: dict[str, Any] = {}
+    if not fits:
+        details["error"] = (
+            f"this worker may open {ceiling} PostgreSQL connections ({pool} pool, "
+            f"WORKER_CONCURRENCY={concurrency}) but only {room} of {usable} are free: "
+            "lower WORKER_CONCURRENCY or raise PostgreSQL's max_connections (or put "
+            "PgBouncer in front)")
+    log_event(log, "worker.database_budget", logging.INFO if fits else logging.WARNING,
+              pool=pool, concurrency=concurrency, may_open=ceiling,
+              database_max_connections=usable, database_in_use=in_use, **details)
+
+
 class RecoveryStep(bootsteps.StartStopStep):
     """Runs :func:`recovery_pass` now and every RECOVERY_INTERVAL seconds until stopped."""
 
@@ -42,11 +73,19 @@ class RecoveryStep(bootsteps.StartStopStep):
 
     def start(self, worker: Any) -> None:
         interval = worker.app.runtime.settings.recovery_interval
-        self._thread = threading.Thread(target=self._loop, args=(worker.app, interval),
-                                        name="recovery", daemon=True)
+        pool = getattr(worker.pool_cls, "__module__", "").rsplit(".", 1)[-1]
+        pool = {"thread": "threads"}.get(pool, pool)
+        self._thread = threading.Thread(target=self._loop, name="recovery", daemon=True,
+                                        args=(worker.app, interval, pool,
+                                              int(worker.concurrency)))
         self._thread.start()
 
-    def _loop(self, app: Celery, interval: float) -> None:
+    def _loop(self, app: Celery, interval: float, pool: str, concurrency: int) -> None:
+        try:
+            check_connection_budget(app, pool, concurrency)
+        except Exception as exc:  # PostgreSQL away: the recovery passes will say so too
+            log_event(log, "worker.database_budget_failed", logging.WARNING,
+                      error=repr(exc))
         while True:
             try:
                 recovery_pass(app)

@@ -124,3 +124,33 @@ def test_a_paused_worker_loses_every_stage_in_flight_and_writes_nothing_late(
     paused.stop()
     if rescuer is not None:
         rescuer.stop()
+
+
+def test_a_worker_says_at_start_up_whether_postgresql_has_room_for_its_pool(deployment,
+                                                                            log_dir):
+    env, _ = deployment
+    with psycopg2.connect(env["DATABASE_URL"]) as connection, connection.cursor() as sql:
+        sql.execute("SELECT current_setting('max_connections')::int")
+        max_connections = sql.fetchone()[0]
+    tag = uuid.uuid4().hex[:6]
+    # Given one worker that fits and one whose pool could outgrow the server
+    small = start_worker(f"budget-{tag}-small", env, log_dir, concurrency=2)
+    large = start_worker(f"budget-{tag}-large", env, log_dir,
+                         concurrency=max_connections + 10)
+    try:
+        budget = {}
+        for worker in (small, large):
+            budget[worker] = wait_for(lambda w=worker: next(
+                (e for e in w.events() if e.get("event") == "worker.database_budget"), None),
+                60, "the worker's connection budget line")
+    finally:
+        small.stop()
+        large.stop()
+    # Then the first says so at INFO with its figures: threads, concurrency + 2
+    assert budget[small]["level"] == "INFO" and budget[small]["may_open"] == 4
+    assert budget[small]["pool"] == "threads"
+    # And the second warns, naming the setting to change
+    warning = budget[large]
+    assert warning["level"] == "WARNING", warning
+    assert warning["may_open"] == max_connections + 12
+    assert "lower WORKER_CONCURRENCY or raise PostgreSQL's max_connections" in warning["error"]
