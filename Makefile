@@ -27,7 +27,7 @@ demo: install
 	$(BIN)/orchestrator demo
 
 bench: install
-	$(BIN)/python -m benchmarks
+	QUICK=$(QUICK) $(BIN)/python -m benchmarks
 
 lint: install
 	$(BIN)/ruff check --quiet .

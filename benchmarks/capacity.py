@@ -1,6 +1,6 @@
 """Capacity: how many stages one worker holds in flight while they wait on their service.
 
-Runs last, on workers of its own: the stack's prefork worker (the throughput figures') is
+Runs late, on workers of its own: the stack's worker is
 stopped first, then each configuration below gets a fresh worker on the stack's database,
 Redis index and queues, fed by the same API and scripted downstream:
 
@@ -39,7 +39,7 @@ from typing import Any
 from benchmarks.memory import tree_memory
 from benchmarks.stack import BenchmarkError, Stack
 from benchmarks.stats import r
-from benchmarks.throughput import start_all
+from benchmarks.versus import start_jobs
 from tests.support.downstream_server import Reply
 from tests.support.processes import Service, start_worker
 
@@ -118,7 +118,7 @@ def run_jobs(stack: Stack, worker: Service, jobs: int, wait: float) -> Run:
             stack.downstream.script(job_id, "PLANNING", Reply(delay=wait))
     with Sampler(worker.proc.pid) as sampler:
         started = time.monotonic()
-        start_all(stack, job_ids)
+        start_jobs(stack, job_ids)
         wall = stack.wait_all_terminal(job_ids, TIMEOUT) - started
     return Run(wall, peak_in_flight(stack, {str(j) for j in job_ids}), sampler.peak)
 
@@ -202,7 +202,7 @@ def prefork_figures(stack: Stack) -> dict[str, Any]:
 
 
 def run(stack: Stack) -> dict[str, Any]:
-    print(f"[capacity] stopping the stack's prefork worker; each configuration gets a fresh "
+    print(f"[capacity] stopping the stack's worker; each configuration gets a fresh "
           f"worker on the same queues: {JOBS} instant jobs, then {JOBS} jobs whose PLANNING "
           f"waits {WAIT_S:.0f} s on the downstream", flush=True)
     stack.worker.stop()

@@ -40,13 +40,13 @@ def one_job(stack: Stack, session: requests.Session) -> tuple[uuid.UUID, float]:
     return job_id, elapsed
 
 
-def run(stack: Stack) -> tuple[dict[str, float], list[uuid.UUID]]:
+def run(stack: Stack, jobs: int = JOBS) -> tuple[dict[str, float], list[uuid.UUID]]:
     """The figures, and the ids of the measured jobs (for the overhead benchmark)."""
-    print(f"[latency] {WARMUP} warm-up jobs, then {JOBS} jobs one at a time", flush=True)
+    print(f"[latency] {WARMUP} warm-up jobs, then {jobs} jobs one at a time", flush=True)
     with requests.Session() as session:
         for _ in range(WARMUP):
             one_job(stack, session)
-        measured = [one_job(stack, session) for _ in range(JOBS)]
+        measured = [one_job(stack, session) for _ in range(jobs)]
     latencies = [ms for _, ms in measured]
     print(f"[latency] start → COMPLETED: {summary(latencies)}", flush=True)
     figures = {"job_latency_p50_ms": r(percentile(latencies, 50)),

@@ -11,14 +11,23 @@ treated like Ctrl-C so that holds for it too.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import time
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from benchmarks import api_latency, capacity, downstream, latency, memory, overhead, throughput
+from benchmarks import api_latency, capacity, downstream, latency, memory, overhead, versus
 from benchmarks.stack import WORKER_CONCURRENCY, WORKER_POOL, BenchmarkError, Stack, running_stack
+
+#: ``QUICK=1``: the short run (under 2 minutes): fewer jobs, no sweep, no capacity.
+QUICK = os.environ.get("QUICK", "") not in ("", "0")
+IDLE_JOBS = 10 if QUICK else 30
+BURST_JOBS = 100 if QUICK else 300
+SWEEP = (10, 30)
+PLOT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks-throughput.svg"
 
 
 def on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -27,21 +36,37 @@ def on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 def measure(stack: Stack) -> dict[str, Any]:
     figures: dict[str, Any] = downstream.run(stack.downstream)
-    latency_figures, sequential_ids = latency.run(stack)
+    latency_figures, sequential_ids = latency.run(stack, IDLE_JOBS)
     figures.update(latency_figures)
-    figures.update(throughput.run(stack))
+    versus_figures, ours, theirs = versus.run(stack, WORKER_CONCURRENCY, IDLE_JOBS,
+                                              BURST_JOBS)
+    figures.update(versus_figures)
+    figures["idle_latency_p50_ms"] = figures["job_latency_p50_ms"]
     figures.update(api_latency.run(stack, sequential_ids))
     figures.update(overhead.run(stack, sequential_ids))
     figures.update(memory.run(stack))
-    figures.update(capacity.run(stack))
+    if not QUICK:
+        stack.worker.stop()
+        points = versus.sweep(stack, SWEEP, BURST_JOBS,
+                              lambda level: capacity.capacity_worker(stack, "threads", level))
+        points.append((WORKER_CONCURRENCY, ours.rate, theirs.rate))
+        versus.write_plot(sorted(points), PLOT)
+        print(f"[versus] plot written to {PLOT}", flush=True)
+        figures["sweep"] = {str(level): {"orchestrator": round(o, 1), "bare": round(b, 1)}
+                            for level, o, b in sorted(points)}
+        figures.update(capacity.run(stack))
     return figures
 
 
 def report(figures: dict[str, Any], setup_s: float, total_s: float) -> dict[str, Any]:
     """The final JSON object: headline figures first, then the rest, then the context."""
-    jobs = (latency.WARMUP + latency.JOBS + throughput.JOBS + api_latency.START_REQUESTS)
-    return {**figures, "jobs": jobs, "latency_jobs": latency.JOBS,
-            "throughput_jobs": throughput.JOBS, "worker_pool": WORKER_POOL,
+    jobs = (latency.WARMUP + IDLE_JOBS + BURST_JOBS + api_latency.START_REQUESTS)
+    headline = {key: figures[key] for key in (
+        "throughput_ratio", "idle_latency_p50_ms", "bare_idle_latency_p50_ms",
+        "throughput_jobs_per_s", "bare_throughput_per_s", "burst_latency_p50_ms",
+        "bare_burst_latency_p50_ms")}
+    return {**headline, **figures, "quick": QUICK, "jobs": jobs, "latency_jobs": IDLE_JOBS,
+            "burst_jobs": BURST_JOBS, "worker_pool": WORKER_POOL,
             "worker_concurrency": WORKER_CONCURRENCY,
             "api_threads": api_latency.THREADS, "setup_s": round(setup_s, 1),
             "total_s": round(total_s, 1)}

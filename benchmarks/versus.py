@@ -1,0 +1,239 @@
+"""The orchestrator beside a bare Celery chain, in one run.
+
+The peer (:mod:`benchmarks.bare_chain`) is four Celery tasks chained, each one HTTP POST
+to the same scripted downstream, on a worker with the same broker (the stack's Redis), the
+same pool (threads) and the same concurrency as the orchestrator's worker. Each side runs
+alone (the other's worker idle or stopped), so they never share the two cores:
+
+* idle latency: single jobs one at a time, from the client's start (the orchestrator's
+  ``POST …/start``; the chain's ``apply_async``) to the end seen by polling every 5 ms
+  (the jobs table; the chain's Redis stamp);
+* burst: ``BURST_JOBS`` started at once by 16 client threads (the orchestrator's through
+  its API), timed until every one has ended: throughput, and each job's latency from its
+  own start to its own end (p50), which shows whether jobs already in flight finish first;
+* a sweep over worker concurrency (not under ``QUICK``), for the plot.
+
+``throughput_ratio`` is the orchestrator's burst throughput over the chain's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+import requests
+
+from benchmarks import bare_chain
+from benchmarks.stack import BenchmarkError, Stack
+from benchmarks.stats import percentile, r, summary
+from orchestrator.settings import Settings
+from tests.support.processes import Service
+
+CLIENT_THREADS = 16
+POLL_INTERVAL = 0.005
+TIMEOUT = 300.0
+
+
+@dataclass
+class Burst:
+    jobs: int
+    wall: float
+    latencies_ms: list[float]
+
+    @property
+    def rate(self) -> float:
+        return self.jobs / self.wall
+
+    @property
+    def p50(self) -> float:
+        return percentile(self.latencies_ms, 50)
+
+
+def _fan_out(start: Callable[[Any, uuid.UUID], object], job_ids: Sequence[uuid.UUID],
+             make_client: Callable[[], Any]) -> dict[uuid.UUID, float]:
+    """Start every job from CLIENT_THREADS threads; the wall-clock time of each start."""
+    local = threading.local()
+    stamps: dict[uuid.UUID, float] = {}
+
+    def one(job_id: uuid.UUID) -> None:
+        if not hasattr(local, "client"):
+            local.client = make_client()
+        stamps[job_id] = time.time()
+        start(local.client, job_id)
+
+    with ThreadPoolExecutor(CLIENT_THREADS) as pool:
+        list(pool.map(one, job_ids))
+    return stamps
+
+
+# --- the orchestrator's side ------------------------------------------------------------
+
+
+def start_jobs(stack: Stack, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, float]:
+    """Start every job through the API from CLIENT_THREADS threads."""
+    return _fan_out(stack.start_job, job_ids, requests.Session)
+
+
+def orchestrator_burst(stack: Stack, jobs: int) -> Burst:
+    job_ids = [uuid.uuid4() for _ in range(jobs)]
+    began = time.monotonic()
+    stamps = start_jobs(stack, job_ids)
+    wall = stack.wait_all_terminal(job_ids, TIMEOUT) - began
+    ended = stack.db.completed_epochs(job_ids)
+    return Burst(jobs, wall, [(ended[j] - stamps[j]) * 1000 for j in job_ids])
+
+
+# --- the bare chain's side --------------------------------------------------------------
+
+
+class BareChain:
+    """The bare chain's worker and the means to start chains and see them end."""
+
+    def __init__(self, stack: Stack, concurrency: int):
+        broker = Settings.from_env(stack.env).broker_url
+        assert broker
+        self.queue = f"{stack.env['CELERY_QUEUE']}-bare-{concurrency}"
+        self.done_key = f"{self.queue}:done"
+        bare_chain.configure(broker, self.queue)
+        self.redis = redis.Redis.from_url(broker)
+        env = {"BARE_BROKER_URL": broker, "BARE_QUEUE": self.queue,
+               "BARE_DOWNSTREAM": stack.downstream.base_url, "BARE_DONE_KEY": self.done_key,
+               "BARE_CONCURRENCY": str(concurrency)}
+        argv = [sys.executable, "-m", "celery", "-A", "benchmarks.bare_chain", "worker",
+                "--pool", "threads", "--concurrency", str(concurrency), "--loglevel",
+                "WARNING", "--hostname", f"bare-{concurrency}@%h", "--without-gossip",
+                "--without-mingle", "--without-heartbeat"]
+        self.worker = Service(f"bare-{concurrency}", argv, env, stack.worker.log_path.parent)
+        # Ready when a first chain has gone through
+        self.one(uuid.uuid4())
+
+    def stop(self) -> None:
+        self.worker.stop()
+        self.redis.delete(self.done_key, self.queue)
+        self.redis.close()
+
+    def ended(self, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, float]:
+        values = self.redis.hmget(self.done_key, [str(j) for j in job_ids])
+        return {j: float(v) for j, v in zip(job_ids, values, strict=True) if v is not None}
+
+    def one(self, job_id: uuid.UUID) -> float:
+        """Start one chain and wait for its end: its latency in ms."""
+        started = time.monotonic()
+        bare_chain.send(str(job_id))
+        deadline = started + 60
+        while not self.redis.hexists(self.done_key, str(job_id)):
+            if self.worker.proc.poll() is not None or time.monotonic() > deadline:
+                raise BenchmarkError(f"bare chain {job_id} did not end; worker log: "
+                                     + self.worker.log_path.read_text()[-2000:])
+            time.sleep(POLL_INTERVAL)
+        return (time.monotonic() - started) * 1000
+
+    def burst(self, jobs: int) -> Burst:
+        job_ids = [uuid.uuid4() for _ in range(jobs)]
+        began = time.monotonic()
+        stamps = _fan_out(lambda _, job_id: bare_chain.send(str(job_id)), job_ids,
+                          lambda: None)
+        deadline = began + TIMEOUT
+        while len(self.ended(job_ids)) < jobs:
+            if self.worker.proc.poll() is not None or time.monotonic() > deadline:
+                raise BenchmarkError(f"bare burst did not end in {TIMEOUT}s")
+            time.sleep(0.02)
+        wall = time.monotonic() - began
+        ended = self.ended(job_ids)
+        return Burst(jobs, wall, [(ended[j] - stamps[j]) * 1000 for j in job_ids])
+
+    def idle(self, jobs: int) -> list[float]:
+        return [self.one(uuid.uuid4()) for _ in range(jobs)]
+
+
+@contextlib.contextmanager
+def bare_chain_worker(stack: Stack, concurrency: int) -> Iterator[BareChain]:
+    bare = BareChain(stack, concurrency)
+    try:
+        yield bare
+    finally:
+        bare.stop()
+
+
+# --- the run ----------------------------------------------------------------------------
+
+
+def run(stack: Stack, concurrency: int, idle_jobs: int, burst_jobs: int
+        ) -> tuple[dict[str, Any], Burst, Burst]:
+    """Idle latency and a burst on the stack's worker (concurrency ``concurrency``), then
+    the same on a bare chain's worker; the figures and both bursts."""
+    print(f"[versus] orchestrator: burst of {burst_jobs} jobs (threads ×{concurrency})",
+          flush=True)
+    ours = orchestrator_burst(stack, burst_jobs)
+    print(f"[versus] orchestrator: {ours.rate:.1f} jobs/s, each job "
+          f"{summary(ours.latencies_ms)}", flush=True)
+    with bare_chain_worker(stack, concurrency) as bare:
+        idle = bare.idle(idle_jobs)
+        print(f"[versus] bare chain: idle latency {summary(idle)}", flush=True)
+        theirs = bare.burst(burst_jobs)
+    print(f"[versus] bare chain: burst of {burst_jobs}: {theirs.rate:.1f} chains/s, each "
+          f"{summary(theirs.latencies_ms)}", flush=True)
+    ratio = ours.rate / theirs.rate
+    print(f"[versus] throughput ratio {ratio:.2f} (target ≥ 0.6, goal 0.8); burst p50 "
+          f"{ours.p50:.0f} ms vs {theirs.p50:.0f} ms", flush=True)
+    return ({"throughput_jobs_per_s": r(ours.rate, 2), "throughput_wall_s": r(ours.wall, 2),
+             "bare_throughput_per_s": r(theirs.rate, 2), "throughput_ratio": r(ratio, 2),
+             "burst_latency_p50_ms": r(ours.p50), "bare_burst_latency_p50_ms": r(theirs.p50),
+             "bare_idle_latency_p50_ms": r(percentile(idle, 50))}, ours, theirs)
+
+
+def sweep(stack: Stack, levels: Sequence[int], burst_jobs: int,
+          start_worker: Callable[[int], contextlib.AbstractContextManager[Any]]
+          ) -> list[tuple[int, float, float]]:
+    """(concurrency, orchestrator jobs/s, bare chains/s) at each level, each side on a
+    worker of its own."""
+    points = []
+    for level in levels:
+        with start_worker(level):
+            ours = orchestrator_burst(stack, burst_jobs)
+        with bare_chain_worker(stack, level) as bare:
+            theirs = bare.burst(burst_jobs)
+        print(f"[versus] concurrency {level}: orchestrator {ours.rate:.1f} jobs/s, bare "
+              f"{theirs.rate:.1f} chains/s (ratio {ours.rate / theirs.rate:.2f})", flush=True)
+        points.append((level, ours.rate, theirs.rate))
+    return points
+
+
+def write_plot(points: Sequence[tuple[int, float, float]], path: Path) -> None:
+    """An SVG bar chart: jobs/s by worker concurrency, the orchestrator beside the bare
+    chain."""
+    width, height, left, bottom, top = 560, 300, 60, 40, 30
+    top_rate = max(max(p[1], p[2]) for p in points) * 1.15
+    slot = (width - left - 20) / len(points)
+    bar = slot / 3
+
+    def y(rate: float) -> float:
+        return top + (height - top - bottom) * (1 - rate / top_rate)
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             'font-family="sans-serif" font-size="12">',
+             f'<text x="{left}" y="18">Jobs/s by worker concurrency (threads pool): '
+             'orchestrator (dark) beside a bare Celery chain (light)</text>',
+             f'<line x1="{left}" y1="{height - bottom}" x2="{width - 20}" '
+             f'y2="{height - bottom}" stroke="black"/>']
+    for n, (level, ours, theirs) in enumerate(points):
+        x = left + n * slot + slot / 6
+        for offset, rate, colour in ((0, ours, "#2b4c7e"), (bar, theirs, "#9bb7d4")):
+            parts.append(f'<rect x="{x + offset:.1f}" y="{y(rate):.1f}" width="{bar:.1f}" '
+                         f'height="{height - bottom - y(rate):.1f}" fill="{colour}"/>')
+            parts.append(f'<text x="{x + offset + bar / 2:.1f}" y="{y(rate) - 4:.1f}" '
+                         f'text-anchor="middle">{rate:.0f}</text>')
+        parts.append(f'<text x="{x + bar:.1f}" y="{height - bottom + 16}" '
+                     f'text-anchor="middle">×{level} ({ours / theirs:.2f})</text>')
+    parts.append("</svg>")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(parts) + "\n")
