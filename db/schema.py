@@ -10,6 +10,8 @@ from sqlalchemy import (
     ForeignKey,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
+    SmallInteger,
     Table,
     Text,
     UniqueConstraint,
@@ -73,4 +75,14 @@ job_transitions = Table(
     Column("to_state", Text, nullable=False),
     Column("at", DateTime(timezone=True), nullable=False),
     Column("reason", Text),
+)
+
+# Jobs by state, kept exact by triggers on jobs (migration 0003): a state's count is the sum
+# of its rows, one per shard.
+job_state_counts = Table(
+    "job_state_counts", metadata,
+    Column("state", Text, nullable=False),
+    Column("shard", SmallInteger, nullable=False),
+    Column("count", BigInteger, nullable=False),
+    PrimaryKeyConstraint("state", "shard"),
 )
