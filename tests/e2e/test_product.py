@@ -136,7 +136,7 @@ def test_logs_are_json_lines_with_the_standard_fields_and_no_secrets(stack):
 def test_flower_watches_the_workers(stack, log_dir):
     from tests.support.processes import Service
 
-    _, env, _, worker = stack
+    base, env, _, worker = stack
     port = free_port()
     flower = Service("flower", [sys.executable, "-m", "celery", "-A", "tasks", "flower",
                                 f"--port={port}", "--address=127.0.0.1"],
@@ -152,5 +152,23 @@ def test_flower_watches_the_workers(stack, log_dir):
 
         seen = wait_for(workers, 60, "Flower to list the workers", interval=0.5)
         assert any(name.startswith("e2e-worker@") for name in seen)
+
+        # And it sees the stage tasks of the jobs that run while it watches: the workers
+        # send no task events until Flower asks them to, which it does by itself (a job
+        # started before its request reaches the workers is not shown, so jobs are
+        # started until one is)
+        started: list[str] = []
+
+        def a_job_in_flower() -> bool:
+            job_id = str(uuid.uuid4())
+            assert requests.post(f"{base}/internal/jobs/{job_id}/start", json={"input": {}},
+                                 headers=HEADERS, timeout=10).status_code == 202
+            started.append(job_id)
+            wait_terminal(base, job_id)
+            tasks = requests.get(f"http://127.0.0.1:{port}/api/tasks", timeout=5).json()
+            return any(job in str(task.get("args")) for task in tasks.values()
+                       for job in started)
+
+        wait_for(a_job_in_flower, 60, "Flower to show a job's stage tasks", interval=0.5)
     finally:
         flower.stop()
