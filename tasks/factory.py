@@ -47,7 +47,14 @@ def create_celery_app(settings: Settings) -> Celery:
     app.config_from_object("celeryconfig")
     app.conf.update(
         broker_url=settings.broker_url,
-        broker_transport_options={"visibility_timeout": visibility_timeout(settings)},
+        broker_transport_options={
+            "visibility_timeout": visibility_timeout(settings),
+            # Redis: a worker polls its stage queues in sorted order, and the stage queues
+            # sort as the pipeline runs backwards ({q}.costing, .enriching, .parsing,
+            # .planning), so a later stage's message is taken before an earlier one's:
+            # under a burst, jobs already in flight finish before new ones start.
+            "queue_order_strategy": "sorted",
+        },
         worker_concurrency=settings.worker_concurrency,
     )
     configure_routing(app, settings)

@@ -128,3 +128,37 @@ def test_recovery_sends_a_job_to_the_queue_of_its_stage(deployment, downstream, 
         planner.stop()
         if rest is not None:
             rest.stop()
+
+
+def test_a_worker_takes_later_stages_before_new_jobs(deployment, downstream, log_dir):
+    # Burst fairness: jobs already in flight finish before new ones start
+    env, settings, broker = deployment
+    api = Api(create_app(settings).test_client())
+    costing_queue = f"{settings.celery_queue}.costing"
+    # Given five jobs waiting in COSTING (run up to it by a worker without COSTING)
+    early = [uuid.uuid4() for _ in range(5)]
+    upstream = start_stage_worker("no-costing", env, log_dir, "planning,parsing,enriching")
+    try:
+        for job_id in early:
+            assert api.start(job_id).status_code == 202
+        for job_id in early:
+            api.wait_state(job_id, "COSTING", timeout=60)
+        wait_for(lambda: broker.llen(costing_queue) == len(early), 30,
+                 "every COSTING message on its queue")
+    finally:
+        upstream.stop()
+    # And five new jobs whose PLANNING messages wait too
+    late = [uuid.uuid4() for _ in range(5)]
+    for job_id in late:
+        assert api.start(job_id).status_code == 202
+    # When one worker of all stages, one stage at a time, takes them all
+    worker = start_worker("one-at-a-time", env, log_dir, concurrency=1)
+    try:
+        for job_id in early + late:
+            api.wait_state(job_id, "COMPLETED", timeout=60)
+    finally:
+        worker.stop()
+    # Then every waiting COSTING ran before any new job's PLANNING
+    last_costing = max(downstream.calls_for(j, "COSTING")[0].received for j in early)
+    first_planning = min(downstream.calls_for(j, "PLANNING")[0].received for j in late)
+    assert last_costing < first_planning

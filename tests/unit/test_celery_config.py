@@ -20,7 +20,7 @@ import celeryconfig
 from orchestrator.settings import Settings
 from orchestrator.stages import STAGE_STATES
 from orchestrator.states import State
-from tasks.chain import create_sender_app, stage_chain, task_name
+from tasks.chain import create_sender_app, stage_chain, stage_queue, task_name
 from tasks.factory import create_celery_app, visibility_timeout
 
 # Built, never connected: nothing listens on these ports.
@@ -79,6 +79,8 @@ def test_delivery_settings_the_docs_rely_on(app: Celery, settings: Settings):
     # Redis gives an unacked message to another worker only after the visibility timeout
     assert conf.broker_transport_options["visibility_timeout"] == visibility_timeout(settings)
     assert visibility_timeout(settings) >= 3600
+    # A worker takes later stages first (Redis polls its queues in sorted order)
+    assert conf.broker_transport_options["queue_order_strategy"] == "sorted"
     # The environment's part
     assert conf.broker_url == settings.broker_url
     assert conf.task_default_queue == "config-test"
@@ -158,3 +160,10 @@ def test_the_api_sender_is_no_worker_app(settings: Settings):
     assert not [n for n in sender.tasks if n.startswith("orchestrator.")]
     assert not hasattr(sender, "runtime")
     assert list(sender.conf.accept_content) == ["json"]
+
+
+@pytest.mark.parametrize("base", ["orchestrator", "config-test", "a.b-c_9", "Z"])
+def test_the_stage_queues_sort_as_the_pipeline_runs_backwards(base: str) -> None:
+    # What "sorted" polling relies on to give later stages priority
+    names = [stage_queue(base, state) for state in STAGE_STATES]
+    assert sorted(names) == names[::-1]
