@@ -7,6 +7,7 @@ compare-and-set on its state, and for stage workers on its fence too: zero rows 
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -21,6 +22,7 @@ from orchestrator.models import (
     AttemptStatus,
     Job,
     JobDetail,
+    OpenedAttempt,
     StageAttempt,
     Transition,
 )
@@ -29,6 +31,71 @@ from orchestrator.states import TERMINAL, State, transition
 
 _TERMINAL = [s.value for s in TERMINAL]
 _ELAPSED_MS = text("(extract(epoch FROM clock_timestamp() - started_at) * 1000)::int")
+
+
+#: :meth:`JobRepository.open_attempt` in one statement (one round trip, one plan): every
+#: CTE sees the rows as they were before it, so the counts include the RUNNING attempts
+#: it closes (as lost), and nothing is written unless the claim matched.
+_OPEN_ATTEMPT = text("""
+WITH claimed AS (
+    UPDATE jobs SET fence = fence + 1, last_progress_at = now(), next_attempt_at = NULL
+    WHERE job_id = CAST(:job_id AS uuid) AND current_state = :state
+    RETURNING fence, input
+), counts AS (
+    SELECT count(*) AS total,
+           count(*) FILTER (WHERE status = 'FAILED'
+                            AND error_message IS DISTINCT FROM :lost) AS failed,
+           count(*) FILTER (WHERE status = 'RUNNING' OR error_message = :lost) AS lost
+    FROM stage_executions
+    WHERE job_id = CAST(:job_id AS uuid) AND stage_name = :state
+), stage_input AS (
+    SELECT coalesce(CASE WHEN :first THEN (SELECT input FROM claimed)
+                         ELSE (SELECT output_data FROM stage_executions
+                               WHERE job_id = CAST(:job_id AS uuid)
+                                 AND stage_name = :previous AND status = 'SUCCESS'
+                               LIMIT 1) END,
+                    CAST('{}' AS jsonb)) AS data
+), closed AS (
+    UPDATE stage_executions
+    SET status = 'FAILED', completed_at = clock_timestamp(), error_message = :lost,
+        duration_ms = (extract(epoch FROM clock_timestamp() - started_at) * 1000)::int
+    WHERE job_id = CAST(:job_id AS uuid) AND stage_name = :state AND status = 'RUNNING'
+      AND EXISTS (SELECT 1 FROM claimed)
+), opened AS (
+    INSERT INTO stage_executions (job_id, stage_name, attempt_number, status, started_at,
+                                  input_data, fence, celery_task_id)
+    SELECT CAST(:job_id AS uuid), :state, counts.total + 1, 'RUNNING', clock_timestamp(),
+           stage_input.data, claimed.fence, :task_id
+    FROM claimed, counts, stage_input
+)
+SELECT claimed.fence, counts.total, counts.failed, counts.lost, stage_input.data
+FROM claimed, counts, stage_input
+""")
+
+#: :meth:`JobRepository.advance` in one statement: the move (a CAS on state and fence,
+#: which the transition trigger records) and the attempt's SUCCESS, only if it moved.
+_ADVANCE = text("""
+WITH moved AS (
+    UPDATE jobs
+    SET current_state = :to_state, previous_state = :state, state_reason = :reason,
+        updated_at = now(), last_progress_at = now(), next_attempt_at = NULL,
+        plan_reference = coalesce(:plan_reference, plan_reference),
+        result_reference = coalesce(:result_reference, result_reference),
+        completed_at = CASE WHEN :terminal THEN now() ELSE completed_at END
+    WHERE job_id = CAST(:job_id AS uuid) AND current_state = :state AND fence = :fence
+    RETURNING *
+), done AS (
+    UPDATE stage_executions
+    SET status = 'SUCCESS', completed_at = clock_timestamp(),
+        duration_ms = (extract(epoch FROM clock_timestamp() - started_at) * 1000)::int,
+        output_data = CAST(:output AS jsonb)
+    WHERE job_id = CAST(:job_id AS uuid) AND stage_name = :state
+      AND attempt_number = :attempt AND status = 'RUNNING'
+      AND EXISTS (SELECT 1 FROM moved)
+)
+SELECT * FROM moved
+""").columns(*jobs.c)
+_ADVANCE_FIELDS = frozenset({"plan_reference", "result_reference"})
 
 
 def _job(row: Any) -> Job:
@@ -132,14 +199,35 @@ class JobRepository:
             .where(se.job_id == job_id, se.stage_name == stage)).one()
         return AttemptCounts(total=row[0], failed=row[1], lost=row[2])
 
-    def start_attempt(self, job_id: UUID, stage: str, attempt: int, input: dict[str, Any],
-                      *, fence: int, task_id: str | None) -> None:
-        self._close(and_(stage_executions.c.job_id == job_id,
-                         stage_executions.c.stage_name == stage), WORKER_LOST)
-        self.c.execute(stage_executions.insert().values(
-            job_id=job_id, stage_name=stage, attempt_number=attempt,
-            status=AttemptStatus.RUNNING.value, started_at=func.clock_timestamp(),
-            input_data=input, fence=fence, celery_task_id=task_id))
+    def open_attempt(self, job_id: UUID, state: State, task_id: str | None
+                     ) -> OpenedAttempt | None:
+        index = STAGE_STATES.index(state)
+        row = self.c.execute(_OPEN_ATTEMPT, {
+            "job_id": str(job_id), "state": state.value, "lost": WORKER_LOST,
+            "first": index == 0, "task_id": task_id,
+            "previous": STAGE_STATES[index - 1].value if index else None,
+        }).first()
+        if row is None:
+            return None
+        fence, total, failed, lost, data = row
+        return OpenedAttempt(fence=fence, before=AttemptCounts(total, failed, lost),
+                             attempt=total + 1, input=data or {})
+
+    def advance(self, job_id: UUID, state: State, to_state: State, reason: str, *,
+                fence: int, attempt: int, output: dict[str, Any],
+                fields: dict[str, Any] | None = None) -> Job | None:
+        transition(state, to_state, job_id=str(job_id))  # refused in code first
+        fields = fields or {}
+        if not set(fields) <= _ADVANCE_FIELDS:
+            raise ValueError(f"advance sets only {sorted(_ADVANCE_FIELDS)}, not {fields}")
+        row = self.c.execute(_ADVANCE, {
+            "job_id": str(job_id), "state": state.value, "to_state": to_state.value,
+            "reason": reason, "fence": fence, "attempt": attempt,
+            "terminal": to_state in TERMINAL, "output": json.dumps(output),
+            "plan_reference": fields.get("plan_reference"),
+            "result_reference": fields.get("result_reference"),
+        }).mappings().first()
+        return _job(row) if row else None
 
     def running_attempt(self, job_id: UUID, stage: str, task_id: str
                         ) -> tuple[int, int, float] | None:
@@ -177,13 +265,6 @@ class JobRepository:
             .values(status=AttemptStatus.FAILED.value, completed_at=func.clock_timestamp(),
                     duration_ms=_ELAPSED_MS, error_message=error)
             .returning(se.celery_task_id)).scalars())
-
-    def stage_input(self, job_id: UUID, state: State) -> dict[str, Any]:
-        index = STAGE_STATES.index(state)
-        if index == 0:
-            return self.c.execute(select(jobs.c.input).where(jobs.c.job_id == job_id)
-                                  ).scalar_one() or {}
-        return self._output(job_id, STAGE_STATES[index - 1]) or {}
 
     def _output(self, job_id: UUID, state: State) -> dict[str, Any] | None:
         se = stage_executions.c

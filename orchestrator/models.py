@@ -69,6 +69,18 @@ class AttemptCounts:
 
 
 @dataclass(frozen=True)
+class OpenedAttempt:
+    """What claiming a job and opening an attempt of its stage returned: the new fence,
+    the attempts before this one (a RUNNING one counted as lost), the attempt's number and
+    the stage's input."""
+
+    fence: int
+    before: AttemptCounts
+    attempt: int
+    input: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class JobDetail:
     job: Job
     transitions: list[Transition]

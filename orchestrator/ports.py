@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any, Protocol
 from uuid import UUID
 
-from orchestrator.models import AttemptCounts, Job, JobDetail
+from orchestrator.models import AttemptCounts, Job, JobDetail, OpenedAttempt
 from orchestrator.stages import StageSpec
 from orchestrator.states import State
 
@@ -39,9 +39,17 @@ class JobRepository(Protocol):
 
     def attempt_counts(self, job_id: UUID, stage: str) -> AttemptCounts: ...
 
-    def start_attempt(self, job_id: UUID, stage: str, attempt: int, input: dict[str, Any],
-                      *, fence: int, task_id: str | None) -> None:
-        """Close this stage's RUNNING attempts as worker lost, then open ``attempt``."""
+    def open_attempt(self, job_id: UUID, state: State, task_id: str | None
+                     ) -> OpenedAttempt | None:
+        """In one step: claim the job in ``state`` (fence += 1), count this stage's
+        attempts so far, close its RUNNING ones as worker lost and open the next with the
+        stage's input. None, writing nothing, if the job is not in ``state``."""
+
+    def advance(self, job_id: UUID, state: State, to_state: State, reason: str, *,
+                fence: int, attempt: int, output: dict[str, Any],
+                fields: dict[str, Any] | None = None) -> Job | None:
+        """In one step: ``move`` (CAS on state and fence) and close ``attempt`` as
+        SUCCESS with ``output``. None, writing nothing, if the CAS misses."""
 
     def running_attempt(self, job_id: UUID, stage: str, task_id: str
                         ) -> tuple[int, int, float] | None: ...
@@ -51,8 +59,6 @@ class JobRepository(Protocol):
                        error: str | None = None) -> bool: ...
 
     def close_running_attempts(self, job_id: UUID, error: str) -> list[str]: ...
-
-    def stage_input(self, job_id: UUID, state: State) -> dict[str, Any]: ...
 
     def detail(self, job_id: UUID) -> JobDetail | None: ...
 

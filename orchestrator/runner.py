@@ -4,8 +4,8 @@ The flow, every step guarded::
 
     job in this stage? ── no ──> Skipped (a duplicate or a late delivery: do nothing)
     take the Redis lock ── busy ─> Skipped (another worker runs it)
-    claim in PostgreSQL (fence += 1) ── job moved ─> Skipped
-    open attempt n (closing any RUNNING one as "worker lost"); heartbeat starts
+    claim in PostgreSQL (fence += 1) and open attempt n (closing any RUNNING one as
+    "worker lost"), in one statement ── job moved ─> Skipped; heartbeat starts
     POST to the stage's service, bounded by what is left of the stage timeout
     success   ─> CAS(state, fence): attempt SUCCESS, job → next state      ─> Advanced
     transient ─> CAS: attempt FAILED; retries left? retry_count += 1       ─> RetryLater
@@ -127,20 +127,16 @@ class StageRunner:
                     ) -> Outcome:
         spec = self.settings.stage(state)
         with self.uow() as jobs:
-            fence = jobs.claim(job.job_id, state)
-            if fence is None:
+            opened = jobs.open_attempt(job.job_id, state, task_id)
+            if opened is None:
                 return self._skip("job moved on before the claim")
-            counts = jobs.attempt_counts(job.job_id, state.value)
-            attempt, allowed = counts.total + 1, spec.max_attempts + counts.lost
+            fence, counts, attempt = opened.fence, opened.before, opened.attempt
+            allowed = spec.max_attempts + counts.lost
             if counts.lost >= self.settings.max_lost_attempts:
                 message = (f"{attempt_label(spec, attempt, allowed)}: gave up after "
                            f"{counts.lost} attempts ended with their worker lost")
-                jobs.start_attempt(job.job_id, state.value, attempt, {}, fence=fence,
-                                   task_id=task_id)
                 return self._give_up(job, state, fence, attempt, message, jobs)
-            stage_input = jobs.stage_input(job.job_id, state)
-            jobs.start_attempt(job.job_id, state.value, attempt, stage_input, fence=fence,
-                               task_id=task_id)
+            stage_input = opened.input
         log_event(log, "stage.started", stage=state.value, attempt=attempt, fence=fence)
         started = time.monotonic()
         heartbeat = Heartbeat(self, job.job_id, state, fence, lock,
@@ -176,11 +172,10 @@ class StageRunner:
         if required:
             fields[required] = str(output[required])
         with self.uow() as jobs:
-            moved = jobs.move(job.job_id, spec.state, target, f"{spec.name} succeeded",
-                              fence=fence, fields=fields)
+            moved = jobs.advance(job.job_id, spec.state, target, f"{spec.name} succeeded",
+                                 fence=fence, attempt=attempt, output=output, fields=fields)
             if moved is None:
                 return self._fenced(spec, attempt)
-            jobs.finish_attempt(job.job_id, spec.name, attempt, success=True, output=output)
         log_event(log, "stage.succeeded", stage=spec.name, attempt=attempt,
                   duration_ms=_ms(started))
         log_event(log, "job.transition", from_state=spec.name, to_state=target.value,

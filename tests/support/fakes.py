@@ -37,6 +37,7 @@ from orchestrator.models import (
     AttemptStatus,
     Job,
     JobDetail,
+    OpenedAttempt,
     StageAttempt,
     Transition,
 )
@@ -262,6 +263,29 @@ class FakeRepository:
             raise FakeIntegrityError(f"{stage} attempt {attempt} exists already")
         self.t.attempts.append(AttemptRow(job_id, stage, attempt, AttemptStatus.RUNNING, now,
                                           copy.deepcopy(input), fence, task_id))
+
+    def open_attempt(self, job_id: UUID, state: State, task_id: str | None
+                     ) -> OpenedAttempt | None:
+        """The product's one statement, as the steps it is made of."""
+        self._enter("open_attempt")
+        fence = self.claim(job_id, state)
+        if fence is None:
+            return None
+        before = self.attempt_counts(job_id, state.value)
+        stage_input = self.stage_input(job_id, state)
+        self.start_attempt(job_id, state.value, before.total + 1, stage_input, fence=fence,
+                           task_id=task_id)
+        return OpenedAttempt(fence, before, before.total + 1, stage_input)
+
+    def advance(self, job_id: UUID, state: State, to_state: State, reason: str, *,
+                fence: int, attempt: int, output: dict[str, Any],
+                fields: dict[str, Any] | None = None) -> Job | None:
+        """The product's one statement, as the steps it is made of."""
+        self._enter("advance")
+        moved = self.move(job_id, state, to_state, reason, fence=fence, fields=fields)
+        if moved is not None:
+            self.finish_attempt(job_id, state.value, attempt, success=True, output=output)
+        return moved
 
     def running_attempt(self, job_id: UUID, stage: str, task_id: str
                         ) -> tuple[int, int, float] | None:

@@ -1,0 +1,128 @@
+"""The stage hot path's two statements on real PostgreSQL: ``open_attempt`` (claim, count,
+close the lost, open the next, read the input) and ``advance`` (move and close as
+SUCCESS), each all or nothing."""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg2
+import pytest
+
+from db.engine import make_engine
+from db.uow import PostgresUnitOfWork
+from orchestrator.models import WORKER_LOST, AttemptCounts
+from orchestrator.states import State
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def uow(module_database):
+    engine = make_engine(module_database, pool_size=1)
+    yield PostgresUnitOfWork(engine)
+    engine.dispose()
+
+
+def planning_job(uow, input=None):
+    job_id = uuid.uuid4()
+    with uow() as jobs:
+        jobs.insert_if_absent(job_id, input or {"plan": "web"}, "corr")
+        jobs.move(job_id, State.UPLOADED, State.PLANNING, "started")
+    return job_id
+
+
+def attempts(database_url, job_id):
+    with psycopg2.connect(database_url) as connection, connection.cursor() as sql:
+        sql.execute("SELECT stage_name, attempt_number, status, error_message, input_data,"
+                    " output_data, fence, celery_task_id FROM stage_executions"
+                    " WHERE job_id = %s ORDER BY id", (str(job_id),))
+        return sql.fetchall()
+
+
+def test_the_first_attempt_gets_the_jobs_input_and_a_new_fence(uow, module_database):
+    job_id = planning_job(uow, {"plan": "web"})
+    with uow() as jobs:
+        opened = jobs.open_attempt(job_id, State.PLANNING, "task-1")
+    assert opened is not None
+    assert (opened.fence, opened.attempt, opened.before) == (1, 1, AttemptCounts(0, 0, 0))
+    assert opened.input == {"plan": "web"}
+    assert attempts(module_database, job_id) == [
+        ("PLANNING", 1, "RUNNING", None, {"plan": "web"}, None, 1, "task-1")]
+
+
+def test_a_running_attempt_is_counted_and_closed_as_lost(uow, module_database):
+    job_id = planning_job(uow)
+    with uow() as jobs:
+        jobs.open_attempt(job_id, State.PLANNING, "dead-worker")
+    # A second delivery after the first worker died
+    with uow() as jobs:
+        opened = jobs.open_attempt(job_id, State.PLANNING, "task-2")
+    assert opened is not None
+    assert (opened.fence, opened.attempt, opened.before) == (2, 2, AttemptCounts(1, 0, 1))
+    rows = attempts(module_database, job_id)
+    assert [(r[1], r[2], r[3], r[6]) for r in rows] == [
+        (1, "FAILED", WORKER_LOST, 1), (2, "RUNNING", None, 2)]
+
+
+def test_a_later_stage_gets_the_previous_stages_output(uow, module_database):
+    job_id = planning_job(uow)
+    with uow() as jobs:
+        opened = jobs.open_attempt(job_id, State.PLANNING, "t1")
+        assert jobs.advance(job_id, State.PLANNING, State.PARSING, "PLANNING succeeded",
+                            fence=opened.fence, attempt=1, output={"plan_reference": "p/1"},
+                            fields={"plan_reference": "p/1"}) is not None
+    with uow() as jobs:
+        opened = jobs.open_attempt(job_id, State.PARSING, "t2")
+        job = jobs.get(job_id)
+    assert opened is not None and opened.input == {"plan_reference": "p/1"}
+    assert job.plan_reference == "p/1" and job.fence == 2
+
+
+def test_a_job_not_in_the_stage_is_not_claimed_and_nothing_is_written(uow, module_database):
+    job_id = planning_job(uow)
+    with uow() as jobs:
+        before = jobs.get(job_id)
+        assert jobs.open_attempt(job_id, State.PARSING, "late") is None
+        after = jobs.get(job_id)
+    assert after.fence == before.fence and after.updated_at == before.updated_at
+    assert attempts(module_database, job_id) == []
+    with uow() as jobs:
+        assert jobs.open_attempt(uuid.uuid4(), State.PLANNING, "ghost") is None
+
+
+def test_advance_moves_and_closes_the_attempt_or_writes_nothing(uow, module_database):
+    job_id = planning_job(uow)
+    with uow() as jobs:
+        opened = jobs.open_attempt(job_id, State.PLANNING, "t1")
+    # A stale fence: nothing moves, the attempt stays open
+    with uow() as jobs:
+        assert jobs.advance(job_id, State.PLANNING, State.PARSING, "late", fence=0,
+                            attempt=1, output={"x": 1}) is None
+    assert attempts(module_database, job_id)[0][2] == "RUNNING"
+    # The current fence: the job moves, the attempt is a SUCCESS with its output, and the
+    # transition is recorded
+    with uow() as jobs:
+        moved = jobs.advance(job_id, State.PLANNING, State.PARSING, "PLANNING succeeded",
+                             fence=opened.fence, attempt=1, output={"plan_reference": "p"},
+                             fields={"plan_reference": "p"})
+        detail = jobs.detail(job_id)
+    assert moved is not None and moved.current_state is State.PARSING
+    assert moved.job_id == job_id and moved.plan_reference == "p"
+    row = attempts(module_database, job_id)[0]
+    assert (row[2], row[5]) == ("SUCCESS", {"plan_reference": "p"})
+    assert [(t.from_state, t.to_state) for t in detail.transitions][-1] == (
+        State.PLANNING, State.PARSING)
+
+
+def test_advance_to_completed_stamps_the_end(uow, module_database):
+    job_id = planning_job(uow)
+    states = [State.PLANNING, State.PARSING, State.ENRICHING, State.COSTING, State.COMPLETED]
+    for state, target in zip(states, states[1:], strict=False):
+        with uow() as jobs:
+            opened = jobs.open_attempt(job_id, state, None)
+            field = {"result_reference": "r"} if target is State.COMPLETED else {}
+            moved = jobs.advance(job_id, state, target, "ok", fence=opened.fence,
+                                 attempt=opened.attempt, output={"n": 1}, fields=field)
+    assert moved.current_state is State.COMPLETED and moved.completed_at is not None
+    assert moved.result_reference == "r"
