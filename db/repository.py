@@ -40,7 +40,7 @@ _OPEN_ATTEMPT = text("""
 WITH claimed AS (
     UPDATE jobs SET fence = fence + 1, last_progress_at = now(), next_attempt_at = NULL
     WHERE job_id = CAST(:job_id AS uuid) AND current_state = :state
-    RETURNING fence, input
+    RETURNING fence, input, correlation_id
 ), counts AS (
     SELECT count(*) AS total,
            count(*) FILTER (WHERE status = 'FAILED'
@@ -68,7 +68,8 @@ WITH claimed AS (
            stage_input.data, claimed.fence, :task_id
     FROM claimed, counts, stage_input
 )
-SELECT claimed.fence, counts.total, counts.failed, counts.lost, stage_input.data
+SELECT claimed.fence, counts.total, counts.failed, counts.lost, stage_input.data,
+       claimed.correlation_id
 FROM claimed, counts, stage_input
 """)
 
@@ -209,9 +210,10 @@ class JobRepository:
         }).first()
         if row is None:
             return None
-        fence, total, failed, lost, data = row
+        fence, total, failed, lost, data, correlation_id = row
         return OpenedAttempt(fence=fence, before=AttemptCounts(total, failed, lost),
-                             attempt=total + 1, input=data or {})
+                             attempt=total + 1, input=data or {},
+                             correlation_id=correlation_id)
 
     def advance(self, job_id: UUID, state: State, to_state: State, reason: str, *,
                 fence: int, attempt: int, output: dict[str, Any],

@@ -78,6 +78,7 @@ class OpenedAttempt:
     before: AttemptCounts
     attempt: int
     input: dict[str, Any]
+    correlation_id: str | None = None
 
 
 @dataclass(frozen=True)

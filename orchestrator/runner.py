@@ -70,6 +70,15 @@ class Skipped:
 Outcome = Advanced | RetryLater | Failed | Skipped
 
 
+@dataclass(frozen=True)
+class JobRef:
+    """What a stage run needs of its job: its id and the correlation id the services get
+    (a :class:`Job` has both too)."""
+
+    job_id: UUID
+    correlation_id: str | None
+
+
 @dataclass
 class StageRunner:
     """Runs stage attempts with the collaborators of one process."""
@@ -84,19 +93,21 @@ class StageRunner:
     def run(self, job_id: UUID, state: State, correlation_id: str | None,
             task_id: str | None = None) -> Outcome:
         with job_context(job_id, correlation_id):
-            with self.uow() as jobs:
-                job = jobs.get(job_id)
-            if job is None:
-                return self._skip("job not found")
-            if job.current_state is not state:
-                return self._skip(f"job is {job.current_state.value}, not {state.value}")
+            # The lock first, then one statement that claims the job only if it is in
+            # this stage: a duplicate or late delivery finds out there, or at the busy
+            # lock, without a read of its own.
             lock = self.locks(job_id)
             if not lock.acquire():
+                # Busy: is it this stage that runs elsewhere, or has the job moved on
+                # (a late duplicate meeting the next stage's lock)?
+                moved_on = self._moved_on(job_id, state)
+                if moved_on is not None:
+                    return moved_on
                 log_event(log, "lock.busy", stage=state.value)
                 return Skipped("lock held by another worker")
             log_event(log, "lock.acquired", stage=state.value)
             try:
-                return self._run_locked(job, state, lock, task_id)
+                return self._run_locked(job_id, state, lock, task_id)
             except self.timeout_errors as exc:
                 # The time limit or a cancellation landed outside the downstream call (a
                 # database write was rolled back): nothing half-written; recovery closes
@@ -123,20 +134,36 @@ class StageRunner:
         log_event(log, "stage.skipped", reason=reason)
         return Skipped(reason)
 
-    def _run_locked(self, job: Job, state: State, lock: JobLock, task_id: str | None
+    def _moved_on(self, job_id: UUID, state: State) -> Skipped | None:
+        """Skipped, saying why, if the job is not (or no longer) in ``state``."""
+        with self.uow() as jobs:
+            job = jobs.get(job_id)
+        if job is None:
+            return self._skip("job not found")
+        if job.current_state is not state:
+            return self._skip(f"job is {job.current_state.value}, not {state.value}")
+        return None
+
+    def _not_in_stage(self, job_id: UUID, state: State) -> Skipped:
+        return self._moved_on(job_id, state) or self._skip("job moved on before the claim")
+
+    def _run_locked(self, job_id: UUID, state: State, lock: JobLock, task_id: str | None
                     ) -> Outcome:
         spec = self.settings.stage(state)
         with self.uow() as jobs:
-            opened = jobs.open_attempt(job.job_id, state, task_id)
-            if opened is None:
-                return self._skip("job moved on before the claim")
-            fence, counts, attempt = opened.fence, opened.before, opened.attempt
-            allowed = spec.max_attempts + counts.lost
-            if counts.lost >= self.settings.max_lost_attempts:
+            opened = jobs.open_attempt(job_id, state, task_id)
+            if opened is not None and opened.before.lost >= self.settings.max_lost_attempts:
+                attempt, allowed = opened.attempt, spec.max_attempts + opened.before.lost
                 message = (f"{attempt_label(spec, attempt, allowed)}: gave up after "
-                           f"{counts.lost} attempts ended with their worker lost")
-                return self._give_up(job, state, fence, attempt, message, jobs)
-            stage_input = opened.input
+                           f"{opened.before.lost} attempts ended with their worker lost")
+                return self._give_up(JobRef(job_id, opened.correlation_id), state,
+                                     opened.fence, attempt, message, jobs)
+        if opened is None:
+            return self._not_in_stage(job_id, state)
+        job = JobRef(job_id, opened.correlation_id)
+        fence, counts, attempt = opened.fence, opened.before, opened.attempt
+        allowed = spec.max_attempts + counts.lost
+        stage_input = opened.input
         log_event(log, "stage.started", stage=state.value, attempt=attempt, fence=fence)
         started = time.monotonic()
         heartbeat = Heartbeat(self, job.job_id, state, fence, lock,
@@ -156,7 +183,7 @@ class StageRunner:
             return self._skip("lock lost during the stage; result discarded")
         return self._advance(job, spec, fence, attempt, output, started)
 
-    def _call(self, spec: StageSpec, job: Job, attempt: int, allowed: int,
+    def _call(self, spec: StageSpec, job: JobRef | Job, attempt: int, allowed: int,
               stage_input: dict[str, Any], started: float) -> dict[str, Any]:
         try:
             return self.downstream(spec, job.job_id, attempt, stage_input, job.correlation_id,
@@ -164,7 +191,7 @@ class StageRunner:
         except self.timeout_errors as exc:
             raise timeout_error(spec, attempt, allowed=allowed) from exc
 
-    def _advance(self, job: Job, spec: StageSpec, fence: int, attempt: int,
+    def _advance(self, job: JobRef | Job, spec: StageSpec, fence: int, attempt: int,
                  output: dict[str, Any], started: float) -> Outcome:
         target = next_state(spec.state)
         fields: dict[str, Any] = {}
@@ -208,7 +235,7 @@ class StageRunner:
                           reason="its holder was killed by the hard time limit")
             return outcome
 
-    def _attempt_failed(self, job: Job, spec: StageSpec, fence: int, attempt: int,
+    def _attempt_failed(self, job: JobRef | Job, spec: StageSpec, fence: int, attempt: int,
                         failed_before: int, exc: StageError, duration_ms: int) -> Outcome:
         error = str(exc)
         failures = failed_before + 1
@@ -236,7 +263,7 @@ class StageRunner:
         with self.uow() as jobs:
             return self._give_up(job, spec.state, fence, attempt, message, jobs)
 
-    def _give_up(self, job: Job, state: State, fence: int, attempt: int, message: str,
+    def _give_up(self, job: JobRef | Job, state: State, fence: int, attempt: int, message: str,
                  jobs: Any) -> Outcome:
         if jobs.move(job.job_id, state, State.FAILED, "stage failed", fence=fence,
                      error_message=message) is None:

@@ -275,7 +275,8 @@ class FakeRepository:
         stage_input = self.stage_input(job_id, state)
         self.start_attempt(job_id, state.value, before.total + 1, stage_input, fence=fence,
                            task_id=task_id)
-        return OpenedAttempt(fence, before, before.total + 1, stage_input)
+        return OpenedAttempt(fence, before, before.total + 1, stage_input,
+                             self.t.jobs[job_id].correlation_id)
 
     def advance(self, job_id: UUID, state: State, to_state: State, reason: str, *,
                 fence: int, attempt: int, output: dict[str, Any],

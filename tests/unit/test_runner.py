@@ -15,6 +15,7 @@ from orchestrator.service import fail_job
 from orchestrator.settings import Settings
 from orchestrator.states import State
 from tests.support.fakes import (
+    CapturedLogs,
     FakeDownstream,
     FakeLocks,
     FakeUnitOfWork,
@@ -190,7 +191,7 @@ def test_fenced_out_at_the_claim_writes_nothing() -> None:
     outcome = w.run(job_id, State.PLANNING)
 
     # Then it is skipped: no attempt opened, the service never called
-    assert outcome == Skipped("job moved on before the claim")
+    assert outcome == Skipped("job is FAILED, not PLANNING")
     assert w.uow.snapshot() == snapshot[0]
     assert w.uow.attempts(job_id) == [] and w.downstream.calls == []
     assert w.uow.job(job_id).error_message == "operator says stop"
@@ -284,6 +285,24 @@ def test_a_busy_lock_skips_without_calling_the_service() -> None:
 
     assert w.downstream.calls == []
     assert w.uow.snapshot() == before
+    assert w.locks.owners[job_id] == "another worker"
+
+
+def test_a_late_duplicate_meeting_the_next_stages_lock_says_the_job_moved_on() -> None:
+    # Given a job in PARSING whose lock another worker holds for that stage
+    w = world()
+    job_id = w.uow.add_job(State.PARSING)
+    w.locks.hold(job_id)
+    before = w.uow.snapshot()
+
+    # When a PLANNING message of it is delivered again
+    with CapturedLogs() as logs:
+        outcome = w.run(job_id, State.PLANNING)
+
+    # Then it is skipped as a stage the job has left, not as a busy lock
+    assert outcome == Skipped("job is PARSING, not PLANNING")
+    assert not logs.events("lock.busy")
+    assert w.downstream.calls == [] and w.uow.snapshot() == before
     assert w.locks.owners[job_id] == "another worker"
 
 
@@ -407,7 +426,8 @@ def test_lost_attempts_below_the_cap_are_not_counted_as_retries() -> None:
 
 
 @pytest.mark.parametrize("actual", [State.PARSING, State.FAILED, State.COMPLETED])
-def test_a_job_not_in_that_state_is_skipped_without_the_lock(actual: State) -> None:
+def test_a_job_not_in_that_state_is_skipped_and_nothing_is_written(actual: State) -> None:
+    # (found by the claim, under the lock, which is then given back)
     w = world()
     job_id = w.uow.add_job(actual)
     before = w.uow.snapshot()
@@ -415,15 +435,16 @@ def test_a_job_not_in_that_state_is_skipped_without_the_lock(actual: State) -> N
     outcome = w.run(job_id, State.PLANNING)
 
     assert outcome == Skipped(f"job is {actual.value}, not PLANNING")
-    assert w.locks.acquired == 0 and w.downstream.calls == []
+    assert w.downstream.calls == [] and not w.locks.is_locked(job_id)
     assert w.uow.snapshot() == before
 
 
 def test_an_unknown_job_is_skipped() -> None:
     w = world()
+    job_id = uuid4()
 
-    assert w.run(uuid4(), State.PLANNING) == Skipped("job not found")
-    assert w.locks.acquired == 0
+    assert w.run(job_id, State.PLANNING) == Skipped("job not found")
+    assert w.downstream.calls == [] and not w.locks.is_locked(job_id)
 
 
 # --- time limits ------------------------------------------------------------------------
