@@ -211,7 +211,7 @@ def sweep(stack: Stack, levels: Sequence[int], burst_jobs: int,
 def write_plot(points: Sequence[tuple[int, float, float]], path: Path) -> None:
     """An SVG bar chart: jobs/s by worker concurrency, the orchestrator beside the bare
     chain."""
-    width, height, left, bottom, top = 560, 300, 60, 40, 30
+    width, height, left, bottom, top = 700, 300, 60, 40, 30
     top_rate = max(max(p[1], p[2]) for p in points) * 1.15
     slot = (width - left - 20) / len(points)
     bar = slot / 3
