@@ -403,7 +403,7 @@ def burst(url: str, counted: bool, clients: int) -> float:
                     " status, fence) SELECT unnest(%s::uuid[]), 'PLANNING', 1, 'RUNNING', 1",
                     (ids,))
         if not counted:
-            cur.execute("ALTER TABLE jobs DISABLE TRIGGER jobs_count_move")
+            cur.execute("ALTER TABLE jobs DISABLE TRIGGER jobs_count_updated")
         admin.commit()
         try:
             connections = [psycopg2.connect(url, connect_timeout=5)
@@ -415,7 +415,7 @@ def burst(url: str, counted: bool, clients: int) -> float:
                     connection.close()
         finally:
             if not counted:
-                cur.execute("ALTER TABLE jobs ENABLE TRIGGER jobs_count_move")
+                cur.execute("ALTER TABLE jobs ENABLE TRIGGER jobs_count_updated")
                 cur.execute("INSERT INTO job_state_counts AS c (state, shard, count)"
                             " VALUES ('PLANNING', 0, %s), ('PARSING', 0, %s)"
                             " ON CONFLICT (state, shard) DO UPDATE"

@@ -165,7 +165,7 @@ def one_row_per_state(sql: Any) -> None:
     one-row-per-state design would: the hardest case for exactness, which the shipped
     shards (one per backend, mostly) rarely meet."""
     sql.execute("SELECT p.oid, pg_get_functiondef(p.oid) FROM pg_proc p"
-                " WHERE proname IN ('jobs_count_move', 'jobs_count_inserted',"
+                " WHERE proname IN ('jobs_count_updated', 'jobs_count_inserted',"
                 " 'jobs_count_deleted')")
     for _, definition in sql.fetchall():
         assert "pg_backend_pid() % 64" in definition
