@@ -16,8 +16,15 @@ class PostgresUnitOfWork:
 
     def __init__(self, engine: Engine):
         self.engine = engine
+        # The same pool, each statement committed by itself: psycopg2's autocommit is a
+        # client-side switch, so neither setting nor resetting it costs a round trip.
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @contextmanager
-    def __call__(self) -> Iterator[JobRepository]:
+    def __call__(self, *, single: bool = False) -> Iterator[JobRepository]:
+        if single:
+            with self._autocommit.connect() as connection:
+                yield JobRepository(connection)
+            return
         with self.engine.begin() as connection:
             yield JobRepository(connection)

@@ -8,7 +8,6 @@ compare-and-set: it returns None/False when the job was not as expected.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, Protocol
@@ -76,8 +75,11 @@ class JobRepository(Protocol):
         again; False (nothing written) if it left ``state`` or ``fence`` meanwhile."""
 
 
-UnitOfWork = Callable[[], AbstractContextManager[JobRepository]]
-"""Opens a transaction: commits when the block ends cleanly, rolls back on an exception."""
+class UnitOfWork(Protocol):
+    def __call__(self, *, single: bool = False) -> AbstractContextManager[JobRepository]:
+        """Opens a transaction: commits when the block ends cleanly, rolls back on an
+        exception. ``single``: the block runs one statement, committed by itself (no
+        BEGIN/COMMIT round trips); every statement of the hot path is atomic alone."""
 
 
 class JobLock(Protocol):

@@ -150,16 +150,19 @@ class StageRunner:
     def _run_locked(self, job_id: UUID, state: State, lock: JobLock, task_id: str | None
                     ) -> Outcome:
         spec = self.settings.stage(state)
-        with self.uow() as jobs:
+        with self.uow(single=True) as jobs:
             opened = jobs.open_attempt(job_id, state, task_id)
-            if opened is not None and opened.before.lost >= self.settings.max_lost_attempts:
-                attempt, allowed = opened.attempt, spec.max_attempts + opened.before.lost
-                message = (f"{attempt_label(spec, attempt, allowed)}: gave up after "
-                           f"{opened.before.lost} attempts ended with their worker lost")
-                return self._give_up(JobRef(job_id, opened.correlation_id), state,
-                                     opened.fence, attempt, message, jobs)
         if opened is None:
             return self._not_in_stage(job_id, state)
+        if opened.before.lost >= self.settings.max_lost_attempts:
+            # (if this process dies here, the attempt just opened is lost too, and the
+            # next claim gives up the same way)
+            attempt, allowed = opened.attempt, spec.max_attempts + opened.before.lost
+            message = (f"{attempt_label(spec, attempt, allowed)}: gave up after "
+                       f"{opened.before.lost} attempts ended with their worker lost")
+            with self.uow() as jobs:
+                return self._give_up(JobRef(job_id, opened.correlation_id), state,
+                                     opened.fence, attempt, message, jobs)
         job = JobRef(job_id, opened.correlation_id)
         fence, counts, attempt = opened.fence, opened.before, opened.attempt
         allowed = spec.max_attempts + counts.lost
@@ -198,7 +201,7 @@ class StageRunner:
         required = spec.definition.required_field
         if required:
             fields[required] = str(output[required])
-        with self.uow() as jobs:
+        with self.uow(single=True) as jobs:
             moved = jobs.advance(job.job_id, spec.state, target, f"{spec.name} succeeded",
                                  fence=fence, attempt=attempt, output=output, fields=fields)
             if moved is None:

@@ -126,3 +126,19 @@ def test_advance_to_completed_stamps_the_end(uow, module_database):
                                  attempt=opened.attempt, output={"n": 1}, fields=field)
     assert moved.current_state is State.COMPLETED and moved.completed_at is not None
     assert moved.result_reference == "r"
+
+
+def test_a_single_statement_unit_commits_by_itself_and_leaves_the_pool_transactional(
+        uow, module_database):
+    job_id = planning_job(uow)
+    # A single-statement unit (autocommit) is committed when its block ends
+    with uow(single=True) as jobs:
+        assert jobs.open_attempt(job_id, State.PLANNING, "t1") is not None
+    assert attempts(module_database, job_id)[0][2] == "RUNNING"
+    # And the same pooled connection (the pool holds one) is transactional again: a unit
+    # that fails after its first write rolls that write back
+    with pytest.raises(RuntimeError), uow() as jobs:
+        assert jobs.move(job_id, State.PLANNING, State.FAILED, "x", error_message="x")
+        raise RuntimeError("after the first write")
+    with uow() as jobs:
+        assert jobs.get(job_id).current_state is State.PLANNING

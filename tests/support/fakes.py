@@ -397,7 +397,7 @@ class FakeUnitOfWork:
         self._faults: dict[str, BaseException] = {}
 
     @contextmanager
-    def __call__(self) -> Iterator[FakeRepository]:
+    def __call__(self, *, single: bool = False) -> Iterator[FakeRepository]:
         if self._holder == threading.get_ident():
             raise AssertionError("a unit of work opened inside another one")
         with self._txn:
