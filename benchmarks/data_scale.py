@@ -30,6 +30,7 @@ object. ``run(quick)`` returns the same figures. Nothing asserts on speed.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import random
@@ -323,6 +324,10 @@ def measure(url: str, redis_url: str, rows: int, quick: bool) -> dict[str, float
     scrapes, lookups, pages, passes, counts = ((100, 300, 150, 10, 5) if quick
                                                else (300, 1000, 400, 30, 10))
     reads = Reads(url, redis_url)
+    # The interpreter's full collections (≈ 50 ms with this many modules loaded, a few
+    # times in the first requests) are not what grows with the data: keep them out.
+    gc.collect()
+    gc.freeze()
     try:
         metrics = timed(reads.metrics, scrapes)
         say(line(f"{rows:,} jobs: GET /metrics", metrics))
@@ -342,6 +347,7 @@ def measure(url: str, redis_url: str, rows: int, quick: bool) -> dict[str, float
         recovery = timed(reads.recovery_pass, passes, warmup=2)
         say(line(f"{rows:,} jobs: idle recovery pass", recovery))
     finally:
+        gc.unfreeze()
         reads.close()
     with connect(url) as connection, connection.cursor() as cur:
         def full_count() -> None:
