@@ -42,13 +42,14 @@ MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 class _JobsByState(Collector):
     def __init__(self, uow: PostgresUnitOfWork):
-        self.uow = uow
+        # One SELECT, committed by itself: no BEGIN/ROLLBACK round trips around it.
+        self.engine = uow.engine.execution_options(isolation_level="AUTOCOMMIT")
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily("orchestrator_jobs", "Jobs by current state",
                                    labels=["state"])
         try:
-            with self.uow.engine.connect() as connection:
+            with self.engine.connect() as connection:
                 counts = jobs_by_state(connection)
         except Exception:  # the database is down: say nothing rather than fail the scrape
             return
