@@ -18,7 +18,10 @@ ships (threads ×100), the API under gunicorn, and the scripted downstream serve
 7. (not under QUICK) ``capacity``: on workers of its own (the stack's is stopped), N jobs
    (200) whose PLANNING waits 4 s on the downstream beside N instant ones, on the default
    worker and on threads ×N: each wall, the wall the waits add, the stages in flight at
-   the peak, the worker's memory idle and at the peak; and prefork ×2 on 10 such jobs.
+   the peak, the worker's memory idle and at the peak; and prefork ×2 on 10 such jobs;
+8. (not under QUICK) ``data_scale``: 1 M jobs of history in a database of its own:
+   ``/metrics``, a state lookup, the jobs list and an idle recovery pass at 10 k and 1 M
+   (``python -m benchmarks.data_scale`` runs it alone).
 
 Human-readable lines go to stdout as it runs; the last line is one JSON object of figures.
 Nothing here asserts on speed: the run fails (non-zero exit) only when something is

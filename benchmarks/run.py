@@ -1,11 +1,13 @@
 """Runs every benchmark against one running stack and prints the figures.
 
-Order matters: sequential latency first (an idle system), then the throughput burst, then
-API latency (whose starts also keep the worker busy), the per-stage overhead (read from the
-database for the sequential jobs), memory after all of that work, and finally capacity,
-which stops the stack's worker and starts workers of its own. The stack is
-stopped and its database, Redis index and logs removed however the run ends; SIGTERM is
-treated like Ctrl-C so that holds for it too.
+Order matters: sequential latency first (an idle system), then the orchestrator beside
+the bare chain (each alone on the machine), API latency (whose starts also keep the worker
+busy), the per-stage overhead (read from the database for the sequential jobs), memory
+after all of that work; then, not under QUICK, the concurrency sweep and capacity, which
+stop the stack's worker and start workers of their own, and last the data-scale run on a
+database of its own (the stack is down by then). The stack is stopped and its database,
+Redis index and logs removed however the run ends; SIGTERM is treated like Ctrl-C so that
+holds for it too.
 """
 
 from __future__ import annotations
@@ -19,7 +21,16 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from benchmarks import api_latency, capacity, downstream, latency, memory, overhead, versus
+from benchmarks import (
+    api_latency,
+    capacity,
+    data_scale,
+    downstream,
+    latency,
+    memory,
+    overhead,
+    versus,
+)
 from benchmarks.stack import WORKER_CONCURRENCY, WORKER_POOL, BenchmarkError, Stack, running_stack
 
 #: ``QUICK=1``: the short run (under 2 minutes): fewer jobs, no sweep, no capacity.
@@ -58,6 +69,14 @@ def measure(stack: Stack) -> dict[str, Any]:
     return figures
 
 
+def measure_data_scale() -> dict[str, Any]:
+    """1 M jobs in a database of its own (not under QUICK): /metrics, lookups, the list
+    and an idle recovery pass at 10 k and at 1 M."""
+    if QUICK:
+        return {}
+    return {f"data_{key}": value for key, value in data_scale.run(quick=False).items()}
+
+
 def report(figures: dict[str, Any], setup_s: float, total_s: float) -> dict[str, Any]:
     """The final JSON object: headline figures first, then the rest, then the context."""
     jobs = (latency.WARMUP + IDLE_JOBS + BURST_JOBS + api_latency.START_REQUESTS)
@@ -87,6 +106,7 @@ def main() -> int:
             figures = measure(stack)
             print("[teardown] stopping the worker and the API, dropping the database",
                   flush=True)
+        figures.update(measure_data_scale())
     except (BenchmarkError, AssertionError) as exc:  # AssertionError: a tests.support wait
         print(f"benchmark broken: {exc}", file=sys.stderr, flush=True)
         return 1

@@ -333,10 +333,5 @@ class JobRepository:
                     resume_count=func.greatest(jobs.c.resume_count - 1, 0))
         ).rowcount == 1
 
-    def count_by_state(self) -> dict[str, int]:
-        rows = self.c.execute(select(jobs.c.current_state, func.count())
-                              .group_by(jobs.c.current_state))
-        return {state: count for state, count in rows}
-
     def ping(self) -> None:
         self.c.execute(select(literal_column("1")))
