@@ -2,10 +2,11 @@
 
 The flow, every step guarded::
 
-    job in this stage? ── no ──> Skipped (a duplicate or a late delivery: do nothing)
-    take the Redis lock ── busy ─> Skipped (another worker runs it)
+    take the Redis lock ── busy ─> Skipped (another worker runs it, or the job has moved
+                                  on: a duplicate or a late delivery; the log says which)
     claim in PostgreSQL (fence += 1) and open attempt n (closing any RUNNING one as
-    "worker lost"), in one statement ── job moved ─> Skipped; heartbeat starts
+    "worker lost"), in one statement ── job not in this stage ─> Skipped (a duplicate or
+    a late delivery: nothing written); heartbeat starts
     POST to the stage's service, bounded by what is left of the stage timeout
     success   ─> CAS(state, fence): attempt SUCCESS, job → next state      ─> Advanced
     transient ─> CAS: attempt FAILED; retries left? retry_count += 1       ─> RetryLater
