@@ -70,14 +70,20 @@ class RecoveryStep(bootsteps.StartStopStep):
         super().__init__(worker, **kwargs)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        pool = getattr(worker.pool_cls, "__module__", "").rsplit(".", 1)[-1]
+        self.pool = {"thread": "threads"}.get(pool, pool)
+        self.concurrency = int(worker.concurrency)
+        if self.pool == "threads":
+            # The worker's own concurrency (a `--concurrency` given to Celery wins over
+            # WORKER_CONCURRENCY) sizes the process's database and HTTP pools, before
+            # anything opens them.
+            worker.app.runtime.stages_per_process = self.concurrency
 
     def start(self, worker: Any) -> None:
         interval = worker.app.runtime.settings.recovery_interval
-        pool = getattr(worker.pool_cls, "__module__", "").rsplit(".", 1)[-1]
-        pool = {"thread": "threads"}.get(pool, pool)
         self._thread = threading.Thread(target=self._loop, name="recovery", daemon=True,
-                                        args=(worker.app, interval, pool,
-                                              int(worker.concurrency)))
+                                        args=(worker.app, interval, self.pool,
+                                              self.concurrency))
         self._thread.start()
 
     def _loop(self, app: Celery, interval: float, pool: str, concurrency: int) -> None:

@@ -41,3 +41,17 @@ def test_the_http_pool_holds_a_connection_per_stage(concurrency, forked, expecte
         process.after_fork()
     adapter = process.downstream.session.get_adapter("http://service/planning")
     assert adapter._pool_maxsize == expected  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("pool", "expected"), [("threads", 7), ("prefork", 100)])
+def test_the_workers_own_concurrency_sizes_a_threads_process(pool, expected):
+    # `orchestrator worker --concurrency 7` (or `celery -A tasks worker -c 7`) overrides
+    # WORKER_CONCURRENCY for Celery; the process's pools must follow it, not the setting
+    from tasks.factory import create_celery_app
+
+    app = create_celery_app(Settings.from_env({**ENV, "WORKER_CONCURRENCY": "100"}))
+    app.WorkController(pool_cls=pool, concurrency=7, hostname="sizing@test")
+    assert app.runtime.stages_per_process == expected
+    if pool == "threads":
+        engine_pool = app.runtime.engine.pool
+        assert engine_pool.size() + engine_pool._max_overflow == 9  # type: ignore[attr-defined]
