@@ -66,8 +66,8 @@ class Consumer(CeleryConsumer):
         self.waker = LoopWaker()
         if self.hub is not None:
             self.loop = self._waking_asynloop
-        # without a hub (green pools, transports without async support) Celery's synloop
-        # stays: it polls for 2 s at most, and those pools ack in the calling thread
+        # Without a hub (green pools, transports without async support) Celery's synloop
+        # stays as it is: acks wait up to its 2 s poll there. Neither is shipped or tested.
 
     def _waking_asynloop(self, obj: Any, connection: Any, consumer: Any, blueprint: Any,
                          hub: Any, *args: Any, **kwargs: Any) -> None:
