@@ -30,13 +30,15 @@ from orchestrator.stages import STAGE_STATES
 from orchestrator.states import TERMINAL, State, transition
 
 _TERMINAL = [s.value for s in TERMINAL]
-_ELAPSED_MS = text("(extract(epoch FROM clock_timestamp() - started_at) * 1000)::int")
+#: An attempt's duration so far, in ms: what closing it stores in ``duration_ms``.
+_ELAPSED_SQL = "(extract(epoch FROM clock_timestamp() - started_at) * 1000)::int"
+_ELAPSED_MS = text(_ELAPSED_SQL)
 
 
 #: :meth:`JobRepository.open_attempt` in one statement (one round trip, one plan): every
 #: CTE sees the rows as they were before it, so the counts include the RUNNING attempts
 #: it closes (as lost), and nothing is written unless the claim matched.
-_OPEN_ATTEMPT = text("""
+_OPEN_ATTEMPT = text(f"""
 WITH claimed AS (
     UPDATE jobs SET fence = fence + 1, last_progress_at = now(), next_attempt_at = NULL
     WHERE job_id = CAST(:job_id AS uuid) AND current_state = :state
@@ -54,11 +56,11 @@ WITH claimed AS (
                                WHERE job_id = CAST(:job_id AS uuid)
                                  AND stage_name = :previous AND status = 'SUCCESS'
                                LIMIT 1) END,
-                    CAST('{}' AS jsonb)) AS data
+                    CAST('{{}}' AS jsonb)) AS data
 ), closed AS (
     UPDATE stage_executions
     SET status = 'FAILED', completed_at = clock_timestamp(), error_message = :lost,
-        duration_ms = (extract(epoch FROM clock_timestamp() - started_at) * 1000)::int
+        duration_ms = {_ELAPSED_SQL}
     WHERE job_id = CAST(:job_id AS uuid) AND stage_name = :state AND status = 'RUNNING'
       AND EXISTS (SELECT 1 FROM claimed)
 ), opened AS (
@@ -75,7 +77,7 @@ FROM claimed, counts, stage_input
 
 #: :meth:`JobRepository.advance` in one statement: the move (a CAS on state and fence,
 #: which the transition trigger records) and the attempt's SUCCESS, only if it moved.
-_ADVANCE = text("""
+_ADVANCE = text(f"""
 WITH moved AS (
     UPDATE jobs
     SET current_state = :to_state, previous_state = :state, state_reason = :reason,
@@ -88,7 +90,7 @@ WITH moved AS (
 ), done AS (
     UPDATE stage_executions
     SET status = 'SUCCESS', completed_at = clock_timestamp(),
-        duration_ms = (extract(epoch FROM clock_timestamp() - started_at) * 1000)::int,
+        duration_ms = {_ELAPSED_SQL},
         output_data = CAST(:output AS jsonb)
     WHERE job_id = CAST(:job_id AS uuid) AND stage_name = :state
       AND attempt_number = :attempt AND status = 'RUNNING'
