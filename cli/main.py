@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
-import uuid
 from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
@@ -157,31 +155,9 @@ def up() -> None:
     """Run everything in the foreground: embedded PostgreSQL and Redis when DATABASE_URL /
     REDIS_URL are unset, migrations, the reference services, a worker and the API.
     Ctrl-C stops it all."""
-    from cli.stack import local_stack
+    from cli.up import run_up
 
-    with local_stack(log_dir=None) as stack:
-        for note in stack.notes:
-            click.echo(note)
-        click.echo(f"API         {stack.api_url}   token: {stack.api_token or '(auth off)'}")
-        click.echo(f"Downstream  {stack.downstream_url}")
-        example = uuid.uuid4()
-        click.echo("Start a job:")
-        click.echo(f"  curl -X POST {stack.api_url}/internal/jobs/{example}/start \\\n"
-                   f"       -H 'Authorization: Bearer {stack.api_token}' \\\n"
-                   f"       -H 'Content-Type: application/json' "
-                   f"-d '{{\"input\": {{\"sample\": \"web-stack\"}}}}'")
-        click.echo(f"  curl -H 'Authorization: Bearer {stack.api_token}' "
-                   f"{stack.api_url}/internal/jobs/{example}")
-        click.echo("In another shell, for `orchestrator jobs …` and Flower:")
-        click.echo(f"  export DATABASE_URL='{stack.env['DATABASE_URL']}' "
-                   f"REDIS_URL='{stack.env['REDIS_URL']}'")
-        click.echo("  .venv/bin/orchestrator jobs list;  .venv/bin/celery -A tasks flower")
-        click.echo("Ctrl-C to stop.")
-        try:
-            while all(c.proc.poll() is None for c in stack.children):
-                time.sleep(0.5)
-        except KeyboardInterrupt:
-            click.echo("stopping…")
+    run_up()
 
 
 @main.command()
