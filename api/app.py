@@ -123,7 +123,8 @@ def _register_jobs(app: Flask, uow: PostgresUnitOfWork, enqueue: Enqueuer,
         ident = parse.job_id(job_id)
         message = parse.fail_message(request)
         with job_context(ident, g.correlation_id):
-            return jsonify(job_state(fail_job(uow, ident, message, cancel=cancel)))
+            return jsonify(job_state(fail_job(uow, ident, message, cancel=cancel,
+                                              reason="failed by operator via the API")))
 
     @app.get("/internal/jobs/<job_id>/state")
     def state(job_id: str) -> Any:

@@ -113,6 +113,11 @@ class StageRunner:
                 # The time limit or a cancellation landed outside the downstream call (a
                 # database write was rolled back): nothing half-written; recovery closes
                 # the attempt if the job still needs it.
+                cancelled = self._cancellation(job_id)
+                if cancelled is not None:
+                    log_event(log, "stage.cancelled", logging.WARNING, stage=state.value,
+                              cancelled_by=cancelled[0], error=cancelled[1])
+                    return Skipped("cancelled")
                 log_event(log, "stage.interrupted", logging.WARNING, stage=state.value,
                           exc_info=exc)
                 return Skipped("interrupted")
@@ -177,8 +182,10 @@ class StageRunner:
                 output = self._call(spec, job, attempt, allowed, stage_input, started)
             except StageCancelled as exc:
                 # The operator's fail closed the job and this attempt: nothing to write.
+                who, why = self._cancellation(job_id) or ("unknown", str(exc))
                 log_event(log, "stage.cancelled", logging.WARNING, stage=state.value,
-                          attempt=attempt, duration_ms=_ms(started), error=str(exc))
+                          attempt=attempt, duration_ms=_ms(started), cancelled_by=who,
+                          error=why)
                 return Skipped("cancelled")
             except StageError as exc:
                 return self._attempt_failed(job, spec, fence, attempt, counts.failed, exc,
@@ -193,7 +200,31 @@ class StageRunner:
             return self.downstream(spec, job.job_id, attempt, stage_input, job.correlation_id,
                                    spec.timeout - (time.monotonic() - started), allowed)
         except self.timeout_errors as exc:
+            # One signal for two causes under prefork: Celery's soft time limit, and the
+            # operator's cancel (tasks.stage.orchestrator_cancel). A cancelled job has left
+            # this stage already (fail_job commits before it cancels); a timed-out one has
+            # not.
+            if self._cancellation(job.job_id) is not None:
+                raise StageCancelled(f"{attempt_label(spec, attempt, allowed)}: cancelled "
+                                     "while calling the service", stage=spec.name) from exc
             raise timeout_error(spec, attempt, allowed=allowed) from exc
+
+    def _cancellation(self, job_id: UUID) -> tuple[str, str | None] | None:
+        """(who, message) when the job was failed while this stage ran: the reason of its
+        move to FAILED (e.g. "failed by operator via the API") and its error message.
+        None when it was not, or when PostgreSQL cannot say (then it is taken for what
+        the signal alone says)."""
+        try:
+            with self.uow() as jobs:
+                detail = jobs.detail(job_id)
+        except Exception as exc:  # only the log line's wording depends on it
+            log_event(log, "stage.cancellation_unknown", logging.WARNING, error=repr(exc))
+            return None
+        if detail is None or detail.job.current_state is not State.FAILED:
+            return None
+        who = next((t.reason for t in reversed(detail.transitions)
+                    if t.to_state is State.FAILED), None)
+        return who or "unknown", detail.job.error_message
 
     def _advance(self, job: JobRef | Job, spec: StageSpec, fence: int, attempt: int,
                  output: dict[str, Any], started: float) -> Outcome:

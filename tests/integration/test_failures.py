@@ -215,6 +215,12 @@ def test_cancellation_stops_the_stage_in_flight(pool, request, downstream):
             for s in job["stages"]][-1] == ("ENRICHING", 1, "FAILED", "cancelled")
     assert transitions(job)[-1] == ("ENRICHING", "FAILED")
     assert not downstream.calls_for(job_id, "COSTING")
+    # And the worker logged it as what it was: a cancellation, saying who and why; never
+    # a timeout (prefork's cancel and its soft time limit are the same signal)
+    cancelled = [e for e in run if e.get("event") == "stage.cancelled"]
+    assert [(e["cancelled_by"], e["error"]) for e in cancelled] == [
+        ("failed by operator via the API", "cancelled by test")], run
+    assert not worker.has_event("stage.timeout", job_id=str(job_id)), run
     # And the pool process was interrupted, not killed: it logged its run's end itself
     # (attempt_run reads that process's lines only), and lives on
     os.kill(pid, 0)
