@@ -164,6 +164,10 @@ def _cost_table(result: dict[str, Any]) -> None:
                 f"{'':<8} {_money(result['monthly_cost_before']):>10} "
                 f"{_money(result['monthly_cost_after']):>10} "
                 f"{Decimal(str(result['monthly_cost_delta'])):>+10,.2f}", bold=True)
+    unpriced = [r["address"] for r in rows if not r.get("priced", True)]
+    if unpriced:
+        click.echo(f"    not in the total: {len(unpriced)} unpriced resource(s), "
+                   f"{', '.join(unpriced)}")
 
 
 def _next_steps(stack: Stack, jobs: list[DemoJob]) -> None:

@@ -56,6 +56,9 @@ def test_demo_runs_every_sample_and_leaves_nothing_running(tmp_path_factory, run
     # The retry and the cost table show
     assert re.search(r"web-stack\s+.*HTTP 503 from plan interpreter", out)
     assert "retries 1" in out and "TOTAL USD/month" in out
+    # the main sample's database is priced, and what is not priced is said beside the total
+    assert re.search(r"aws_db_instance\.main\s+create\s+0\.00\s+111\.60", out), out
+    assert "not in the total: 1 unpriced resource(s), aws_eip.nat" in out
     assert "PostgreSQL  embedded (pgserver)" in out and str(data_dir) in out
     # And nothing it started is still running
     assert leftovers(data_dir) == []

@@ -60,7 +60,7 @@ def test_web_stack_creates_with_count_for_each_module_and_region_from_variable()
 def test_pricing_attributes_only_so_secrets_never_leave_the_parser() -> None:
     db = by_address(parse_plan(load_sample("web-stack")))["aws_db_instance.main"]
 
-    assert db["after"] == {"engine": "postgres", "instance_class": "db.t3.medium",
+    assert db["after"] == {"engine": "postgres", "instance_class": "db.t3.large",
                            "allocated_storage": 50, "storage_type": "gp3",
                            "iops": UNKNOWN, "multi_az": False}
     assert "not-a-real-password" not in repr(db)

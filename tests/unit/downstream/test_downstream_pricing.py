@@ -112,8 +112,6 @@ def test_usage_based_components_are_zero_quantity_and_say_so() -> None:
 
 
 @pytest.mark.parametrize("sample, address, reason", [
-    ("web-stack", "aws_db_instance.main",
-     "no catalog price for RDS postgres db.t3.medium (Single-AZ)"),
     ("web-stack", "aws_eip.nat", "resource type aws_eip is not in the catalog"),
     ("teardown", "aws_instance.canary",
      "instance_type is known only after apply, so the cost is unknown"),
@@ -124,6 +122,17 @@ def test_unpriced_resources_have_a_reason(sample: str, address: str, reason: str
     pricing = {r["address"]: r for r in enriched(sample)}[address]["pricing"]
     assert pricing == {"priced": False, "components": [], "unpriced_reason": reason,
                        "notes": []}
+
+
+def test_an_rds_class_the_catalog_lacks_is_unpriced_and_says_which() -> None:
+    resource = {"address": "aws_db_instance.x", "type": "aws_db_instance",
+                "provider": "registry.terraform.io/hashicorp/aws", "region": "us-east-1",
+                "action": "create", "before": None,
+                "after": {"engine": "postgres", "instance_class": "db.t3.medium",
+                          "allocated_storage": 50, "storage_type": "gp3", "multi_az": False}}
+    pricing = enrich_resource(resource, CATALOG)["pricing"]
+    assert (pricing["priced"], pricing["unpriced_reason"]) == (
+        False, "no catalog price for RDS postgres db.t3.medium (Single-AZ)")
 
 
 def test_other_providers_are_unpriced_not_errors() -> None:
@@ -138,15 +147,17 @@ def test_other_providers_are_unpriced_not_errors() -> None:
 
 def test_web_stack_costs() -> None:
     # 2 x (t3.medium 0.0416 x 730 + 20 GB gp3 x 0.08) = 2 x 31.97; NAT 0.045 x 730 = 32.85;
-    # ALB 0.0225 x 730 = 16.425 -> 16.43. RDS postgres and the EIP are unpriced.
+    # ALB 0.0225 x 730 = 16.425 -> 16.43; RDS postgres db.t3.large 0.145 x 730 = 105.85 +
+    # 50 GB gp3 x 0.115 = 5.75. Only the EIP is unpriced.
     result = cost_resources(enriched("web-stack"))
     assert (result["monthly_cost_before"], result["monthly_cost_after"],
-            result["monthly_cost_delta"], result["unpriced_count"]) == (0.0, 113.22, 113.22, 2)
+            result["monthly_cost_delta"], result["unpriced_count"]) == (0.0, 224.82, 224.82, 1)
     table = rows(result)
     assert table["module.web.aws_instance.web[0]"] == (0.0, 31.97, True)
     assert table["aws_nat_gateway.main"] == (0.0, 32.85, True)
     assert table["aws_lb.app"] == (0.0, 16.43, True)
-    assert table["aws_db_instance.main"] == (0.0, 0.0, False)
+    assert table["aws_db_instance.main"] == (0.0, 111.6, True)
+    assert table["aws_eip.nat"] == (0.0, 0.0, False)
     assert result["currency"] == "USD" and result["result_reference"].startswith("result-")
     assert len(result["resources"]) == 14
 
