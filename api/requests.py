@@ -14,10 +14,10 @@ from typing import Any
 from flask import Request
 
 from api.errors import BadRequest
+from orchestrator.models import MAX_ERROR_MESSAGE
 from orchestrator.outcomes import unstorable
 from orchestrator.states import State
 
-MAX_ERROR_MESSAGE = 4096
 DEFAULT_LIMIT, MAX_LIMIT = 50, 200
 _CORRELATION_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 

@@ -1,9 +1,13 @@
-"""Text views of jobs for ``orchestrator jobs list|show``."""
+"""Text views of jobs for ``orchestrator jobs list|show``, and an operator's ``jobs fail``."""
 
 from __future__ import annotations
 
+import getpass
 import json
+import socket
+import textwrap
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from uuid import UUID
 
 from api.serialize import iso, job_detail, job_state
@@ -14,6 +18,9 @@ from orchestrator.models import JobDetail
 from orchestrator.settings import Settings
 from orchestrator.states import State
 
+#: Long errors wrap at this width, whole, in ``jobs show``.
+WIDTH = 100
+
 
 def _uow(settings: Settings) -> PostgresUnitOfWork:
     if not settings.database_url:
@@ -21,19 +28,28 @@ def _uow(settings: Settings) -> PostgresUnitOfWork:
     return PostgresUnitOfWork(make_engine(settings.database_url, pool_size=1))
 
 
-def list_jobs(settings: Settings, state: str | None, limit: int, as_json: bool) -> str:
-    try:
-        wanted = State(state.upper()) if state else None
-    except ValueError:
-        raise ConfigError("--state", f"must be one of {', '.join(State)}") from None
+def list_jobs(settings: Settings, state: State | None, limit: int, as_json: bool,
+              now: datetime | None = None) -> str:
     with _uow(settings)() as jobs:
-        found = jobs.list_jobs(wanted, limit, None)
+        found = jobs.list_jobs(state, limit, None)
     if as_json:
         return json.dumps([job_state(j) for j in found], indent=2)
-    rows = [("JOB ID", "STATE", "RETRIES", "CREATED", "ERROR")]
-    rows += [(str(j.job_id), j.current_state.value, str(j.retry_count), iso(j.created_at) or "",
-              (j.error_message or "")[:60]) for j in found]
+    now = now or datetime.now(UTC)
+    rows = [("JOB ID", "STATE", "RETRIES", "AGE", "ERROR")]
+    rows += [(str(j.job_id), j.current_state.value, str(j.retry_count),
+              age(now, j.created_at),
+              textwrap.shorten(j.error_message or "", 60, placeholder=" …"))
+             for j in found]
     return _table(rows) if found else "no jobs"
+
+
+def age(now: datetime, then: datetime) -> str:
+    """How long ago, in its largest whole unit: 42s, 5m, 3h, 12d."""
+    seconds = max(0, int((now - then).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def show_job(settings: Settings, job_id: UUID, as_json: bool) -> str | None:
@@ -60,19 +76,41 @@ def _describe(detail: JobDetail) -> str:
         f"result     {job.result_reference or '-'}",
     ]
     if job.error_message:
-        lines.append(f"error      {job.error_message}")
+        lines += textwrap.wrap(job.error_message, WIDTH, initial_indent="error      ",
+                               subsequent_indent="           ", break_long_words=False,
+                               break_on_hyphens=False)
     lines += ["", "transitions"]
     lines += ["  " + line for line in _table(
         [("AT", "FROM", "TO", "REASON")]
         + [(iso(t.at) or "", t.from_state.value, t.to_state.value, t.reason or "")
            for t in detail.transitions]).splitlines()]
     lines += ["", "stage attempts"]
-    lines += ["  " + line for line in _table(
-        [("STAGE", "ATTEMPT", "STATUS", "STARTED", "DURATION", "ERROR")]
+    table = _table(
+        [("STAGE", "ATTEMPT", "STATUS", "STARTED", "DURATION")]
         + [(a.stage_name, str(a.attempt_number), a.status.value, iso(a.started_at) or "",
-            f"{a.duration_ms} ms" if a.duration_ms is not None else "-",
-            (a.error_message or "")[:80]) for a in detail.stages]).splitlines()]
+            f"{a.duration_ms} ms" if a.duration_ms is not None else "-")
+           for a in detail.stages]).splitlines()
+    lines.append("  " + table[0])
+    for attempt, row in zip(detail.stages, table[1:], strict=True):
+        lines.append("  " + row)
+        if attempt.error_message:  # whole, wrapped under its attempt
+            lines += textwrap.wrap(attempt.error_message, WIDTH, initial_indent="    error: ",
+                                   subsequent_indent="           ", break_long_words=False,
+                                   break_on_hyphens=False)
     return "\n".join(lines)
+
+
+def fail(settings: Settings, job_id: UUID, message: str) -> str:
+    """Fail a job as the API's fail does (its stage in flight is cancelled), recording
+    the operator's user and host as who did it; the new state's summary line."""
+    from orchestrator.service import fail_job
+    from tasks.chain import make_enqueuer
+
+    who = f"failed by operator via the CLI ({getpass.getuser()}@{socket.gethostname()})"
+    job = fail_job(_uow(settings), job_id, message, cancel=make_enqueuer(settings).cancel,
+                   reason=who)
+    return f"job {job.job_id}: {job.previous_state.value if job.previous_state else '?'} → " \
+           f"{job.current_state.value} ({who})"
 
 
 def _table(rows: Sequence[Sequence[str]]) -> str:

@@ -13,7 +13,9 @@ import click
 
 from orchestrator.errors import ConfigError
 from orchestrator.logs import configure_logging
+from orchestrator.models import MAX_ERROR_MESSAGE
 from orchestrator.settings import Settings, redact_url
+from orchestrator.states import State
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -37,6 +39,7 @@ def clear_errors(func: F) -> F:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="job-orchestrator", prog_name="orchestrator")
 def main() -> None:
     """The Job Orchestrator of the Terraform cost-estimation pipeline.
 
@@ -177,15 +180,18 @@ def jobs() -> None:
 
 
 @jobs.command("list")
-@click.option("--state", help="Only jobs in this state.")
+@click.option("--state", type=click.Choice([s.value for s in State], case_sensitive=False),
+              help="Only jobs in this state.")
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
 @clear_errors
 def jobs_list(state: str | None, limit: int, as_json: bool) -> None:
-    """Newest jobs first: id, state, retries, age, error."""
+    """Newest jobs first: id, state, retries, age (since created), error (shortened; `jobs
+    show` gives it whole)."""
     from cli.jobs_view import list_jobs
 
-    click.echo(list_jobs(settings_from_env(), state, limit, as_json))
+    click.echo(list_jobs(settings_from_env(), State(state.upper()) if state else None, limit,
+                         as_json))
 
 
 @jobs.command("show")
@@ -193,7 +199,7 @@ def jobs_list(state: str | None, limit: int, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="The API's JSON instead of text.")
 @clear_errors
 def jobs_show(job_id: UUID, as_json: bool) -> None:
-    """A job's state, transitions and every stage attempt with its duration."""
+    """A job's state, transitions and every stage attempt with its duration and error."""
     from cli.jobs_view import show_job
 
     text = show_job(settings_from_env(), job_id, as_json)
@@ -203,3 +209,22 @@ def jobs_show(job_id: UUID, as_json: bool) -> None:
     click.echo(text)
 
 
+@jobs.command("fail")
+@click.argument("job_id", type=click.UUID)
+@click.option("-m", "--message", required=True,
+              help=f"Why: the job's error_message (1 to {MAX_ERROR_MESSAGE} characters).")
+@clear_errors
+def jobs_fail(job_id: UUID, message: str) -> None:
+    """Move a job that has not ended to FAILED now, as the API's fail does: a stage in
+    flight is cancelled and writes nothing. Exits 1 if the job is unknown or has ended."""
+    from cli.jobs_view import fail
+    from orchestrator.errors import JobNotFound, JobTerminal
+
+    if not message.strip() or len(message) > MAX_ERROR_MESSAGE:
+        raise click.BadParameter(f"must be 1 to {MAX_ERROR_MESSAGE} characters, not only "
+                                 "spaces", param_hint="--message")
+    try:
+        click.echo(fail(settings_from_env(), job_id, message))
+    except (JobNotFound, JobTerminal) as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)

@@ -20,6 +20,8 @@ class AttemptStatus(StrEnum):
 #: The error text of attempts closed by someone other than the worker that ran them.
 WORKER_LOST = "worker lost"
 CANCELLED = "cancelled"
+#: The longest message an operator's fail may carry (the API and the CLI alike).
+MAX_ERROR_MESSAGE = 4096
 
 
 @dataclass(frozen=True)
