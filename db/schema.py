@@ -45,6 +45,8 @@ jobs = Table(
     Column("resume_count", Integer, nullable=False),
     # Why the job entered its current state; the transition trigger copies it into history.
     Column("state_reason", Text),
+    # The FAILED job this one redrives (migration 0004), if any.
+    Column("redriven_from", UUID(as_uuid=True), ForeignKey("jobs.job_id", ondelete="SET NULL")),
 )
 
 stage_executions = Table(
@@ -63,6 +65,8 @@ stage_executions = Table(
     Column("error_message", Text),
     Column("celery_task_id", Text),
     Column("fence", BigInteger),
+    # The job whose stored output this SUCCESS reused instead of calling the service.
+    Column("reused_from", UUID(as_uuid=True)),
     UniqueConstraint("job_id", "stage_name", "attempt_number"),
 )
 
