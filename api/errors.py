@@ -13,6 +13,7 @@ from werkzeug.exceptions import HTTPException
 
 from orchestrator.errors import (
     ConfigError,
+    InputMismatch,
     InvalidTransition,
     JobNotFound,
     JobTerminal,
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 DOMAIN_STATUSES: dict[type[OrchestratorError], tuple[int, str]] = {
     JobNotFound: (404, "job_not_found"),
     JobTerminal: (409, "job_terminal"),
+    InputMismatch: (409, "input_mismatch"),
     InvalidTransition: (409, "invalid_transition"),
     ConfigError: (500, "configuration_error"),
 }

@@ -22,7 +22,9 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 def _errors(*statuses: int) -> dict[str, Any]:
     text = {400: "Malformed job id, body or query", 401: "Missing or wrong bearer token",
-            404: "Unknown job", 409: "The job is already terminal",
+            404: "Unknown job",
+            409: "The job is already terminal (job_terminal); for a start, also an input other "
+                 "than the job's stored one (input_mismatch)",
             413: "Body over 64 KiB", 503: "A dependency is down"}
     return {str(s): _json(_ref("Error"), text[s]) for s in statuses}
 

@@ -61,12 +61,14 @@ def _only(body: dict[str, Any], allowed: set[str]) -> None:
                          f"{', '.join(sorted(allowed))}", "invalid_body")
 
 
-def start_input(request: Request) -> dict[str, Any]:
+def start_input(request: Request) -> dict[str, Any] | None:
+    """The start's ``input``; None when the request gives none (no body, or no or a null
+    ``input``): a repeated start without one never conflicts with the stored input."""
     body = json_object(request, required=False)
     _only(body, {"input"})
-    value = body.get("input", {})
+    value = body.get("input")
     if value is None:
-        return {}
+        return None
     if not isinstance(value, dict):
         raise BadRequest("input must be a JSON object", "invalid_body")
     return value

@@ -56,6 +56,14 @@ class JobTerminal(OrchestratorError):
         self.state = state
 
 
+class InputMismatch(OrchestratorError):
+    """A start repeated with an input other than the one the job was created with."""
+
+    def __init__(self, job_id: str):
+        super().__init__(f"job {job_id} exists with a different input; a repeated start must "
+                         "send the same input, or none", job_id=job_id)
+
+
 class StageError(OrchestratorError):
     """A stage attempt failed; ``status`` is the HTTP status when there was one."""
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from orchestrator.errors import JobNotFound, JobTerminal
+from orchestrator.errors import InputMismatch, JobNotFound, JobTerminal
 from orchestrator.logs import job_context, log_event
 from orchestrator.models import CANCELLED, Job
 from orchestrator.ports import Canceller, Enqueuer, LockFactory, UnitOfWork
@@ -26,9 +26,12 @@ class StartResult:
     started: bool  # True: this call moved it to PLANNING and enqueued; False: already running
 
 
-def start_job(uow: UnitOfWork, enqueue: Enqueuer, job_id: UUID, input: dict[str, Any],
+def start_job(uow: UnitOfWork, enqueue: Enqueuer, job_id: UUID, input: dict[str, Any] | None,
               correlation_id: str | None) -> StartResult:
     """Create the job if new, move it UPLOADED → PLANNING and enqueue its chain, once.
+
+    A repeated start with an ``input`` other than the stored one raises InputMismatch (and
+    changes nothing); one with no input (None) never does.
 
     Concurrent starts of one job are settled by PostgreSQL: the insert is ``ON CONFLICT DO
     NOTHING`` and the move a compare-and-set, so exactly one caller wins and enqueues. If
@@ -36,7 +39,11 @@ def start_job(uow: UnitOfWork, enqueue: Enqueuer, job_id: UUID, input: dict[str,
     PLANNING with no live lock and no progress) and enqueues it.
     """
     with uow() as jobs:
-        created = jobs.insert_if_absent(job_id, input, correlation_id)
+        created = jobs.insert_if_absent(job_id, input or {}, correlation_id)
+        if not created and input is not None:
+            existing = jobs.get(job_id)
+            if existing is not None and existing.input != input:
+                raise InputMismatch(str(job_id))  # rolls back: nothing moved
         moved = jobs.move(job_id, State.UPLOADED, State.PLANNING, "started")
         job = moved or jobs.get(job_id)
     if job is None:  # pragma: no cover - the row was inserted or existed a moment ago

@@ -144,13 +144,31 @@ def test_fail_needs_a_message_of_at_most_4096_characters(api, body):
     assert api.get(f"/internal/jobs/{job_id}/state").get_json()["current_state"] == "PLANNING"
 
 
+def test_a_repeated_start_with_another_input_is_409_and_changes_nothing(api):
+    job_id = uuid.uuid4()
+    assert api.start(job_id, {"sample": "web-stack", "n": 1}).status_code == 202
+    before = api.get(f"/internal/jobs/{job_id}/state").get_json()
+    # the same input (keys in another order), no body, or a null input: 200
+    assert api.start(job_id, {"n": 1, "sample": "web-stack"}).status_code == 200
+    assert api.start(job_id).status_code == 200
+    assert api.client.post(f"/internal/jobs/{job_id}/start", json={"input": None},
+                           headers=api.headers).status_code == 200
+    # another input, even an empty one: 409 input_mismatch
+    for other in ({"sample": "teardown", "n": 1}, {"sample": "web-stack", "n": 1.5}, {}):
+        refused = api.start(job_id, other)
+        assert refused.status_code == 409, other
+        error = error_of(refused)
+        assert error["code"] == "input_mismatch" and "different input" in error["message"]
+    assert api.get(f"/internal/jobs/{job_id}/state").get_json() == before
+
+
 def test_start_is_202_then_200_then_409_once_terminal(api):
     job_id = uuid.uuid4()
     first = api.start(job_id)
     assert first.status_code == 202
     state = first.get_json()
     assert state["current_state"] == "PLANNING" and state["previous_state"] == "UPLOADED"
-    again = api.start(job_id, {"ignored": True})
+    again = api.start(job_id)
     assert again.status_code == 200
     assert again.get_json()["job_id"] == str(job_id)
     failed = api.fail(job_id, "stop it")

@@ -7,7 +7,7 @@ from uuid import UUID, uuid4
 
 import pytest
 
-from orchestrator.errors import JobNotFound, JobTerminal
+from orchestrator.errors import InputMismatch, JobNotFound, JobTerminal
 from orchestrator.models import CANCELLED, AttemptStatus
 from orchestrator.service import fail_job, recover, start_job
 from orchestrator.states import State
@@ -73,6 +73,21 @@ def test_a_second_start_does_not_enqueue_a_second_chain(uow: FakeUnitOfWork) -> 
 
     assert (first.started, second.started) == (True, False)
     assert len(enqueue.calls) == 1
+
+
+@pytest.mark.parametrize("state", [State.UPLOADED, State.PLANNING, State.FAILED])
+def test_a_start_with_another_input_is_refused_and_changes_nothing(
+        uow: FakeUnitOfWork, state: State) -> None:
+    enqueue = FakeEnqueuer()
+    job_id = uow.add_job(state)
+    before = uow.snapshot()
+
+    with pytest.raises(InputMismatch):
+        start_job(uow, enqueue, job_id, {"sample": "teardown"}, None)
+
+    assert enqueue.calls == [] and uow.snapshot() == before
+    if not state.is_terminal:  # a start with no input never conflicts
+        assert start_job(uow, enqueue, job_id, None, None).job.job_id == job_id
 
 
 @pytest.mark.parametrize("state", [State.COMPLETED, State.FAILED])
