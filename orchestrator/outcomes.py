@@ -113,6 +113,17 @@ def classify_response(
     return output
 
 
+def too_large_error(spec: StageSpec, attempt: int, size: int, limit: int, *, declared: bool,
+                    allowed: int | None = None) -> PermanentStageError:
+    """A reply larger than ``MAX_STAGE_OUTPUT_BYTES``: permanent (the same service would
+    send the same output again), and said with its size."""
+    what = (f"declares {size} bytes" if declared
+            else f"went past {limit} bytes, so reading stopped at {size}")
+    return PermanentStageError(
+        f"{attempt_label(spec, attempt, allowed)}: the reply of {spec.definition.service} "
+        f"{what}; MAX_STAGE_OUTPUT_BYTES is {limit}", stage=spec.name, status=200)
+
+
 def transport_error(spec: StageSpec, attempt: int, what: str, allowed: int | None = None
                     ) -> StageError:
     """A connection failure talking to the service: always transient."""

@@ -115,6 +115,8 @@ class Settings:
     recovery_interval: float = 60.0
     recovery_stale_after: float = 300.0
     max_lost_attempts: int = 3
+    #: The largest stage output stored; a larger reply is a permanent error (1 MiB).
+    max_stage_output_bytes: int = 1 << 20
     downstream_token: str | None = field(default=None, repr=False)
     api_tokens: tuple[str, ...] = field(default=(), repr=False)
     auth_disabled: bool = False
@@ -150,6 +152,8 @@ class Settings:
             recovery_interval=env.number("RECOVERY_INTERVAL", 60.0, minimum=0.1),
             recovery_stale_after=env.number("RECOVERY_STALE_AFTER", lock_ttl, minimum=0.1),
             max_lost_attempts=env.integer("MAX_LOST_ATTEMPTS", 3, minimum=1),
+            max_stage_output_bytes=env.integer("MAX_STAGE_OUTPUT_BYTES", 1 << 20, minimum=1024,
+                                               maximum=1 << 30),
             downstream_token=env.raw("DOWNSTREAM_TOKEN"),
             api_tokens=tuple(t.strip() for t in env.text("ORCHESTRATOR_API_TOKENS", "").split(",")
                              if t.strip()),

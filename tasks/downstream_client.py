@@ -15,13 +15,15 @@ from orchestrator.outcomes import (
     attempt_label,
     classify_response,
     timeout_error,
+    too_large_error,
     transport_error,
 )
 from orchestrator.stages import StageSpec
 from tasks.inflight import CuttableAdapter, InFlight
 
 CONNECT_TIMEOUT = 5.0
-MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+#: Read size of a reply: the watchdog and the size cap act between reads.
+CHUNK_BYTES = 64 * 1024
 
 
 class HttpDownstream:
@@ -29,8 +31,9 @@ class HttpDownstream:
     pool is thread-safe, and sized for the threads that share it)."""
 
     def __init__(self, token: str | None, inflight: InFlight | None = None,
-                 connections: int = 10):
+                 connections: int = 10, max_output_bytes: int = 1 << 20):
         self.token = token
+        self.max_output_bytes = max_output_bytes
         self.inflight = inflight or InFlight()
         self.session = requests.Session()
         # The proxy settings of the environment are read once per URL, not on every call
@@ -62,8 +65,9 @@ class HttpDownstream:
             try:
                 response = self.session.post(spec.url, json=body, headers=headers,
                                              timeout=(min(CONNECT_TIMEOUT, timeout), timeout),
-                                             proxies=self._proxies_for(spec.url))
-                text = response.text
+                                             proxies=self._proxies_for(spec.url), stream=True)
+                with response:
+                    data, size, declared = self._read(response)
             except requests.RequestException as exc:
                 if call.cut_reason == "cancelled":
                     raise StageCancelled(f"{attempt_label(spec, attempt, allowed)}: cancelled "
@@ -73,5 +77,27 @@ class HttpDownstream:
                 raise transport_error(spec, attempt,
                                       f"connection failed: {type(exc).__name__}",
                                       allowed) from exc
+        if size > self.max_output_bytes and 200 <= response.status_code < 300:
+            raise too_large_error(spec, attempt, size, self.max_output_bytes,
+                                  declared=declared, allowed=allowed)
+        # (an error reply past the cap is classified by its status, on what was read)
+        text = data.decode(response.encoding or "utf-8", errors="replace")
         return classify_response(spec, attempt, response.status_code, text,
                                  response.headers.get("Retry-After"), allowed)
+
+    def _read(self, response: requests.Response) -> tuple[bytes, int, bool]:
+        """The reply's body, never more than the cap buffered: (the bytes read, the size
+        seen, whether that size is the one Content-Length declared). A size over the cap
+        means reading stopped there, or never began."""
+        limit = self.max_output_bytes
+        length = response.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > limit:
+            return b"", int(length), True
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.iter_content(CHUNK_BYTES):
+            size += len(chunk)
+            if size > limit:
+                return b"".join(chunks), size, False
+            chunks.append(chunk)
+        return b"".join(chunks), size, False

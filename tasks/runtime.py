@@ -73,4 +73,5 @@ class Runtime:
     @cached_property
     def downstream(self) -> HttpDownstream:
         return HttpDownstream(self.settings.downstream_token, self.inflight,
-                              connections=self.stages_per_process)
+                              connections=self.stages_per_process,
+                              max_output_bytes=self.settings.max_stage_output_bytes)
