@@ -24,7 +24,7 @@ from db.uow import PostgresUnitOfWork
 from orchestrator.errors import JobNotFound
 from orchestrator.logs import job_context, log_event
 from orchestrator.ports import Canceller, Enqueuer
-from orchestrator.service import fail_job, start_job
+from orchestrator.service import fail_job, redrive_job, start_job
 from orchestrator.settings import Settings
 
 MAX_BODY = 64 * 1024
@@ -125,6 +125,15 @@ def _register_jobs(app: Flask, uow: PostgresUnitOfWork, enqueue: Enqueuer,
         with job_context(ident, g.correlation_id):
             return jsonify(job_state(fail_job(uow, ident, message, cancel=cancel,
                                               reason="failed by operator via the API")))
+
+    @app.post("/internal/jobs/<job_id>/redrive")
+    def redrive(job_id: str) -> Any:
+        ident = parse.job_id(job_id)
+        new_id = parse.redrive_id(request)
+        with job_context(new_id, g.correlation_id):
+            result = redrive_job(uow, enqueue, ident, new_id)
+        return jsonify({"job_id": str(result.job.job_id), "redriven_from": str(ident),
+                        "resumes_at": result.resumes_at.value}), 202 if result.started else 200
 
     @app.get("/internal/jobs/<job_id>/state")
     def state(job_id: str) -> Any:

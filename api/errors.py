@@ -15,8 +15,10 @@ from orchestrator.errors import (
     ConfigError,
     InputMismatch,
     InvalidTransition,
+    JobIdInUse,
     JobNotFound,
     JobTerminal,
+    NotFailed,
     OrchestratorError,
 )
 from orchestrator.logs import log_event
@@ -28,6 +30,8 @@ DOMAIN_STATUSES: dict[type[OrchestratorError], tuple[int, str]] = {
     JobNotFound: (404, "job_not_found"),
     JobTerminal: (409, "job_terminal"),
     InputMismatch: (409, "input_mismatch"),
+    NotFailed: (409, "job_not_failed"),
+    JobIdInUse: (409, "job_id_in_use"),
     InvalidTransition: (409, "invalid_transition"),
     ConfigError: (500, "configuration_error"),
 }

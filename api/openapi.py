@@ -9,6 +9,7 @@ from typing import Any
 from orchestrator.states import State
 
 _STATES = [s.value for s in State]
+_STAGES = ["PLANNING", "PARSING", "ENRICHING", "COSTING"]
 _TS = {"type": ["string", "null"], "format": "date-time"}
 
 
@@ -68,7 +69,7 @@ SCHEMAS: dict[str, Any] = {
     "StageAttempt": {
         "type": "object", "additionalProperties": False,
         "required": ["stage_name", "attempt_number", "status", "started_at", "completed_at",
-                     "duration_ms", "error_message"],
+                     "duration_ms", "error_message", "reused_from"],
         "properties": {
             "stage_name": {"type": "string",
                            "enum": ["PLANNING", "PARSING", "ENRICHING", "COSTING"]},
@@ -77,7 +78,10 @@ SCHEMAS: dict[str, Any] = {
             "started_at": {"type": "string", "format": "date-time"},
             "completed_at": _TS,
             "duration_ms": {"type": ["integer", "null"]},
-            "error_message": {"type": ["string", "null"]}}},
+            "error_message": {"type": ["string", "null"]},
+            "reused_from": {"type": ["string", "null"], "format": "uuid",
+                            "description": "A redrive's SUCCESS that reused this job's "
+                                           "stored output instead of calling the service"}}},
     "JobList": {
         "type": "object", "required": ["jobs", "next_cursor"], "additionalProperties": False,
         "properties": {"jobs": {"type": "array", "items": _ref("JobState")},
@@ -86,6 +90,20 @@ SCHEMAS: dict[str, Any] = {
         "type": "object", "additionalProperties": False,
         "properties": {"input": {"type": "object",
                                  "description": "PLANNING's input, passed whole"}}},
+    "RedriveRequest": {
+        "type": "object", "additionalProperties": False,
+        "properties": {"job_id": {"type": "string", "format": "uuid",
+                                  "description": "The new job's id (a repeated call with "
+                                                 "it is idempotent); a fresh one if absent"}}},
+    "Redrive": {
+        "type": "object", "additionalProperties": False,
+        "required": ["job_id", "redriven_from", "resumes_at"],
+        "properties": {
+            "job_id": {"type": "string", "format": "uuid"},
+            "redriven_from": {"type": "string", "format": "uuid"},
+            "resumes_at": {"type": "string", "enum": [*_STAGES, "COMPLETED"],
+                           "description": "The first stage whose service the new job "
+                                          "calls; the ones before reuse the old outputs"}}},
     "FailRequest": {
         "type": "object", "required": ["error_message"], "additionalProperties": False,
         "properties": {"error_message": {"type": "string", "minLength": 1,
@@ -102,13 +120,18 @@ SCHEMAS: dict[str, Any] = {
 # additionalProperties false.
 SCHEMAS["JobDetail"] = {
     "type": "object", "additionalProperties": False,
-    "required": [*SCHEMAS["JobState"]["required"], "transitions", "stages", "result"],
+    "required": [*SCHEMAS["JobState"]["required"], "transitions", "stages", "result",
+                 "redriven_from", "redrives"],
     "properties": {
         **SCHEMAS["JobState"]["properties"],
         "transitions": {"type": "array", "items": _ref("Transition")},
         "stages": {"type": "array", "items": _ref("StageAttempt")},
         "result": {"type": ["object", "null"],
-                   "description": "COSTING's output once COMPLETED, else null"}}}
+                   "description": "COSTING's output once COMPLETED, else null"},
+        "redriven_from": {"type": ["string", "null"], "format": "uuid",
+                          "description": "The FAILED job this one redrives"},
+        "redrives": {"type": "array", "items": {"type": "string", "format": "uuid"},
+                     "description": "The redrives of this job, oldest first"}}}
 
 
 def openapi_document() -> dict[str, Any]:
@@ -134,6 +157,15 @@ def openapi_document() -> dict[str, Any]:
                 "requestBody": {"required": True, "content": {
                     "application/json": {"schema": _ref("FailRequest")}}},
                 "responses": {"200": _json(_ref("JobState"), "Failed"),
+                              **_errors(400, 401, 404, 409, 413)}}},
+            "/internal/jobs/{job_id}/redrive": {"post": {
+                "summary": "Run a FAILED job again as a new job, reusing the outputs of the "
+                           "stages that succeeded",
+                "security": auth, "parameters": [_JOB_ID, _CORRELATION],
+                "requestBody": {"required": False, "content": {
+                    "application/json": {"schema": _ref("RedriveRequest")}}},
+                "responses": {"202": _json(_ref("Redrive"), "The new job, started"),
+                              "200": _json(_ref("Redrive"), "Already redriven with that id"),
                               **_errors(400, 401, 404, 409, 413)}}},
             "/internal/jobs/{job_id}/state": {"get": {
                 "summary": "The job's state", "security": auth, "parameters": [_JOB_ID],

@@ -74,6 +74,22 @@ def start_input(request: Request) -> dict[str, Any] | None:
     return value
 
 
+def redrive_id(request: Request) -> uuid.UUID:
+    """The new job's id: the body's ``job_id`` (so a repeated call is idempotent), else a
+    fresh one."""
+    body = json_object(request, required=False)
+    _only(body, {"job_id"})
+    value = body.get("job_id")
+    if value is None:
+        return uuid.uuid4()
+    if not isinstance(value, str):
+        raise BadRequest("job_id must be a UUID string", "invalid_body")
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise BadRequest(f"job_id is not a UUID: {value[:64]!r}", "invalid_body") from None
+
+
 def fail_message(request: Request) -> str:
     body = json_object(request, required=True)
     _only(body, {"error_message"})

@@ -42,7 +42,10 @@ def job_detail(detail: JobDetail) -> dict[str, Any]:
             {"stage_name": a.stage_name, "attempt_number": a.attempt_number,
              "status": a.status.value, "started_at": iso(a.started_at),
              "completed_at": iso(a.completed_at), "duration_ms": a.duration_ms,
-             "error_message": a.error_message}
+             "error_message": a.error_message,
+             "reused_from": str(a.reused_from) if a.reused_from else None}
             for a in detail.stages],
         "result": detail.result,
+        "redriven_from": str(detail.job.redriven_from) if detail.job.redriven_from else None,
+        "redrives": [str(r) for r in detail.redrives],
     }

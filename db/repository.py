@@ -42,7 +42,7 @@ _OPEN_ATTEMPT = text(f"""
 WITH claimed AS (
     UPDATE jobs SET fence = fence + 1, last_progress_at = now(), next_attempt_at = NULL
     WHERE job_id = CAST(:job_id AS uuid) AND current_state = :state
-    RETURNING fence, input, correlation_id
+    RETURNING fence, input, correlation_id, redriven_from
 ), counts AS (
     SELECT count(*) AS total,
            count(*) FILTER (WHERE status = 'FAILED'
@@ -71,7 +71,10 @@ WITH claimed AS (
     FROM claimed, counts, stage_input
 )
 SELECT claimed.fence, counts.total, counts.failed, counts.lost, stage_input.data,
-       claimed.correlation_id
+       claimed.correlation_id, claimed.redriven_from,
+       (SELECT output_data FROM stage_executions
+        WHERE job_id = claimed.redriven_from AND stage_name = :state AND status = 'SUCCESS'
+        LIMIT 1) AS reusable
 FROM claimed, counts, stage_input
 """)
 
@@ -91,7 +94,7 @@ WITH moved AS (
     UPDATE stage_executions
     SET status = 'SUCCESS', completed_at = clock_timestamp(),
         duration_ms = {_ELAPSED_SQL},
-        output_data = CAST(:output AS jsonb)
+        output_data = CAST(:output AS jsonb), reused_from = CAST(:reused_from AS uuid)
     WHERE job_id = CAST(:job_id AS uuid) AND stage_name = :state
       AND attempt_number = :attempt AND status = 'RUNNING'
       AND EXISTS (SELECT 1 FROM moved)
@@ -118,6 +121,7 @@ def _job(row: Any) -> Job:
         correlation_id=row["correlation_id"],
         fence=row["fence"],
         input=row["input"] or {},
+        redriven_from=row["redriven_from"],
     )
 
 
@@ -135,10 +139,12 @@ class JobRepository:
         return _job(row) if row else None
 
     def insert_if_absent(self, job_id: UUID, input: dict[str, Any],
-                         correlation_id: str | None) -> bool:
+                         correlation_id: str | None, *, redriven_from: UUID | None = None
+                         ) -> bool:
         result = self.c.execute(
             insert(jobs).values(job_id=job_id, current_state=State.UPLOADED.value,
                                 input=input, correlation_id=correlation_id,
+                                redriven_from=redriven_from,
                                 retry_count=0, fence=0, resume_count=0,
                                 created_at=func.now(), updated_at=func.now(),
                                 last_progress_at=func.now())
@@ -212,14 +218,16 @@ class JobRepository:
         }).first()
         if row is None:
             return None
-        fence, total, failed, lost, data, correlation_id = row
+        fence, total, failed, lost, data, correlation_id, redriven_from, reusable = row
         return OpenedAttempt(fence=fence, before=AttemptCounts(total, failed, lost),
                              attempt=total + 1, input=data or {},
-                             correlation_id=correlation_id)
+                             correlation_id=correlation_id, redriven_from=redriven_from,
+                             reusable=reusable)
 
     def advance(self, job_id: UUID, state: State, to_state: State, reason: str, *,
                 fence: int, attempt: int, output: dict[str, Any],
-                fields: dict[str, Any] | None = None) -> Job | None:
+                fields: dict[str, Any] | None = None, reused_from: UUID | None = None
+                ) -> Job | None:
         transition(state, to_state, job_id=str(job_id))  # refused in code first
         fields = fields or {}
         if not set(fields) <= _ADVANCE_FIELDS:
@@ -230,6 +238,7 @@ class JobRepository:
             "terminal": to_state in TERMINAL, "output": json.dumps(output),
             "plan_reference": fields.get("plan_reference"),
             "result_reference": fields.get("result_reference"),
+            "reused_from": str(reused_from) if reused_from else None,
         }).mappings().first()
         return _job(row) if row else None
 
@@ -289,14 +298,17 @@ class JobRepository:
         se = stage_executions.c
         stages = [
             StageAttempt(r.stage_name, r.attempt_number, AttemptStatus(r.status), r.started_at,
-                         r.completed_at, r.duration_ms, r.error_message)
+                         r.completed_at, r.duration_ms, r.error_message, r.reused_from)
             for r in self.c.execute(
                 select(se.stage_name, se.attempt_number, se.status, se.started_at,
-                       se.completed_at, se.duration_ms, se.error_message)
+                       se.completed_at, se.duration_ms, se.error_message, se.reused_from)
                 .where(se.job_id == job_id).order_by(se.started_at, se.id))]
+        redrives = list(self.c.execute(
+            select(jobs.c.job_id).where(jobs.c.redriven_from == job_id)
+            .order_by(jobs.c.created_at, jobs.c.job_id)).scalars())
         result = (self._output(job_id, State.COSTING)
                   if job.current_state is State.COMPLETED else None)
-        return JobDetail(job, transitions, stages, result)
+        return JobDetail(job, transitions, stages, result, redrives=redrives)
 
     def list_jobs(self, state: State | None, limit: int,
                   after: tuple[datetime, UUID] | None) -> list[Job]:

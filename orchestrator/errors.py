@@ -64,6 +64,20 @@ class InputMismatch(OrchestratorError):
                          "send the same input, or none", job_id=job_id)
 
 
+class NotFailed(OrchestratorError):
+    """Only a FAILED job can be redriven."""
+
+    def __init__(self, job_id: str, state: str):
+        super().__init__(f"job {job_id} is {state}; only a FAILED job can be redriven",
+                         job_id=job_id)
+        self.state = state
+
+
+class JobIdInUse(OrchestratorError):
+    def __init__(self, job_id: str, why: str):
+        super().__init__(f"job id {job_id} {why}", job_id=job_id)
+
+
 class StageError(OrchestratorError):
     """A stage attempt failed; ``status`` is the HTTP status when there was one."""
 

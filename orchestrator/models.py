@@ -40,6 +40,8 @@ class Job:
     correlation_id: str | None = None
     fence: int = 0
     input: dict[str, Any] = field(default_factory=dict)
+    #: The FAILED job this one redrives, if any.
+    redriven_from: UUID | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,8 @@ class StageAttempt:
     completed_at: datetime | None
     duration_ms: int | None
     error_message: str | None
+    #: The job whose stored output this SUCCESS reused instead of calling the service.
+    reused_from: UUID | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,10 @@ class OpenedAttempt:
     attempt: int
     input: dict[str, Any]
     correlation_id: str | None = None
+    #: For a redrive: the job it redrives, and that job's SUCCESS output of this stage, to
+    #: be reused instead of calling the service (None: call it).
+    redriven_from: UUID | None = None
+    reusable: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -89,3 +97,5 @@ class JobDetail:
     transitions: list[Transition]
     stages: list[StageAttempt]
     result: dict[str, Any] | None
+    #: The redrives of this job, oldest first.
+    redrives: list[UUID] = field(default_factory=list)

@@ -22,7 +22,8 @@ class JobRepository(Protocol):
     def get(self, job_id: UUID, *, for_update: bool = False) -> Job | None: ...
 
     def insert_if_absent(self, job_id: UUID, input: dict[str, Any],
-                         correlation_id: str | None) -> bool: ...
+                         correlation_id: str | None, *, redriven_from: UUID | None = None
+                         ) -> bool: ...
 
     def move(self, job_id: UUID, from_state: State, to_state: State, reason: str, *,
              fence: int | None = None, error_message: str | None = None,
@@ -46,9 +47,11 @@ class JobRepository(Protocol):
 
     def advance(self, job_id: UUID, state: State, to_state: State, reason: str, *,
                 fence: int, attempt: int, output: dict[str, Any],
-                fields: dict[str, Any] | None = None) -> Job | None:
+                fields: dict[str, Any] | None = None, reused_from: UUID | None = None
+                ) -> Job | None:
         """In one step: ``move`` (CAS on state and fence) and close ``attempt`` as
-        SUCCESS with ``output``. None, writing nothing, if the CAS misses."""
+        SUCCESS with ``output`` (taken from job ``reused_from``'s when given). None,
+        writing nothing, if the CAS misses."""
 
     def running_attempt(self, job_id: UUID, stage: str, task_id: str
                         ) -> tuple[int, int, float] | None: ...

@@ -175,6 +175,12 @@ class StageRunner:
         stage_input = opened.input
         log_event(log, "stage.started", stage=state.value, attempt=attempt, fence=fence)
         started = time.monotonic()
+        if opened.reusable is not None:
+            # A redrive: the job it redrives stored this stage's output; not called again.
+            log_event(log, "stage.reused", stage=state.value, attempt=attempt,
+                      reused_from=str(opened.redriven_from))
+            return self._advance(job, spec, fence, attempt, opened.reusable, started,
+                                 reused_from=opened.redriven_from)
         heartbeat = Heartbeat(self, job.job_id, state, fence, lock,
                               overrun_after=spec.timeout + self.settings.hard_timeout_grace)
         with heartbeat:
@@ -227,7 +233,8 @@ class StageRunner:
         return who or "unknown", detail.job.error_message
 
     def _advance(self, job: JobRef | Job, spec: StageSpec, fence: int, attempt: int,
-                 output: dict[str, Any], started: float) -> Outcome:
+                 output: dict[str, Any], started: float, reused_from: UUID | None = None
+                 ) -> Outcome:
         target = next_state(spec.state)
         fields: dict[str, Any] = {}
         required = spec.definition.required_field
@@ -235,7 +242,8 @@ class StageRunner:
             fields[required] = str(output[required])
         with self.uow(single=True) as jobs:
             moved = jobs.advance(job.job_id, spec.state, target, f"{spec.name} succeeded",
-                                 fence=fence, attempt=attempt, output=output, fields=fields)
+                                 fence=fence, attempt=attempt, output=output, fields=fields,
+                                 reused_from=reused_from)
             if moved is None:
                 return self._fenced(spec, attempt)
         log_event(log, "stage.succeeded", stage=spec.name, attempt=attempt,

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from orchestrator.errors import InputMismatch, JobNotFound, JobTerminal
+from orchestrator.errors import InputMismatch, JobIdInUse, JobNotFound, JobTerminal, NotFailed
 from orchestrator.logs import job_context, log_event
-from orchestrator.models import CANCELLED, Job
+from orchestrator.models import CANCELLED, AttemptStatus, Job
 from orchestrator.ports import Canceller, Enqueuer, LockFactory, UnitOfWork
+from orchestrator.stages import STAGE_STATES
 from orchestrator.states import State
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,8 @@ class StartResult:
 
 
 def start_job(uow: UnitOfWork, enqueue: Enqueuer, job_id: UUID, input: dict[str, Any] | None,
-              correlation_id: str | None) -> StartResult:
+              correlation_id: str | None, *, redriven_from: UUID | None = None
+              ) -> StartResult:
     """Create the job if new, move it UPLOADED → PLANNING and enqueue its chain, once.
 
     A repeated start with an ``input`` other than the stored one raises InputMismatch (and
@@ -39,7 +41,8 @@ def start_job(uow: UnitOfWork, enqueue: Enqueuer, job_id: UUID, input: dict[str,
     PLANNING with no live lock and no progress) and enqueues it.
     """
     with uow() as jobs:
-        created = jobs.insert_if_absent(job_id, input or {}, correlation_id)
+        created = jobs.insert_if_absent(job_id, input or {}, correlation_id,
+                                        redriven_from=redriven_from)
         if not created and input is not None:
             existing = jobs.get(job_id)
             if existing is not None and existing.input != input:
@@ -66,6 +69,45 @@ def start_job(uow: UnitOfWork, enqueue: Enqueuer, job_id: UUID, input: dict[str,
         else:
             log_event(log, "job.enqueued", stage=State.PLANNING.value)
     return StartResult(job, started=True)
+
+
+@dataclass(frozen=True)
+class RedriveResult:
+    job: Job  # the new job
+    started: bool  # True: created and started by this call; False: a repeated call
+    resumes_at: State  # the first stage whose service the new job calls
+
+
+def redrive_job(uow: UnitOfWork, enqueue: Enqueuer, job_id: UUID, new_id: UUID,
+                **start_options: Any) -> RedriveResult:
+    """Run a FAILED job again as a new job ``new_id``, with its input and correlation id.
+
+    The new job walks every state from UPLOADED; each stage that succeeded in the old job
+    reuses that stored output instead of calling its service (the stage runner sees the
+    job's ``redriven_from``). Repeating the call with the same ``new_id`` changes nothing
+    and gives the same job; an id already used by another job is refused.
+    """
+    with uow() as jobs:
+        old = jobs.detail(job_id)
+        existing = jobs.get(new_id)
+    if old is None:
+        raise JobNotFound(str(job_id))
+    succeeded = {s.stage_name for s in old.stages if s.status is AttemptStatus.SUCCESS}
+    resumes_at = next((s for s in STAGE_STATES if s.value not in succeeded), State.COMPLETED)
+    if existing is not None and existing.redriven_from != job_id:
+        raise JobIdInUse(str(new_id), f"is another job, not a redrive of {job_id}")
+    if existing is None and old.job.current_state is not State.FAILED:
+        raise NotFailed(str(job_id), old.job.current_state.value)
+    if existing is not None and existing.current_state is not State.UPLOADED:
+        return RedriveResult(existing, started=False, resumes_at=resumes_at)
+    # (a redrive left in UPLOADED by a crash right after its insert is started now)
+    with job_context(new_id, old.job.correlation_id):
+        log_event(log, "job.redrive", redriven_from=str(job_id), resumes_at=resumes_at.value)
+    result = start_job(uow, enqueue, new_id, old.job.input, old.job.correlation_id,
+                       redriven_from=job_id, **start_options)
+    if result.job.redriven_from != job_id:  # pragma: no cover - a start raced for the id
+        raise JobIdInUse(str(new_id), f"is another job, not a redrive of {job_id}")
+    return RedriveResult(result.job, started=result.started, resumes_at=resumes_at)
 
 
 def fail_job(uow: UnitOfWork, job_id: UUID, message: str, *,

@@ -182,7 +182,8 @@ class FakeRepository:
         return row.job() if row else None
 
     def insert_if_absent(self, job_id: UUID, input: dict[str, Any],
-                         correlation_id: str | None) -> bool:
+                         correlation_id: str | None, *, redriven_from: UUID | None = None
+                         ) -> bool:
         now = self._enter("insert_if_absent")
         if job_id in self.t.jobs:
             return False
@@ -280,8 +281,10 @@ class FakeRepository:
 
     def advance(self, job_id: UUID, state: State, to_state: State, reason: str, *,
                 fence: int, attempt: int, output: dict[str, Any],
-                fields: dict[str, Any] | None = None) -> Job | None:
-        """The product's one statement, as the steps it is made of."""
+                fields: dict[str, Any] | None = None, reused_from: UUID | None = None
+                ) -> Job | None:
+        """The product's one statement, as the steps it is made of (redrives are tested
+        against PostgreSQL only: ``reused_from`` is not recorded here)."""
         self._enter("advance")
         moved = self.move(job_id, state, to_state, reason, fence=fence, fields=fields)
         if moved is not None:
