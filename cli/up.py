@@ -1,7 +1,10 @@
-"""``orchestrator up``: the whole stack in the foreground until it is told to stop."""
+"""``orchestrator up``: the whole stack in the foreground until it is told to stop:
+Ctrl-C, SIGTERM (``kill``, systemd) and SIGHUP (its terminal closed) alike stop everything
+it started (see ``cli/stack.py``; a SIGKILL too, through its guard)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 
@@ -33,5 +36,6 @@ def run_up() -> None:
         try:
             while all(c.proc.poll() is None for c in stack.children):
                 time.sleep(0.5)
-        except KeyboardInterrupt:
-            click.echo("stopping…")
+        except KeyboardInterrupt:  # SIGINT, SIGTERM or SIGHUP (cli.stack)
+            with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP)
+                click.echo("stopping…")
