@@ -50,14 +50,20 @@ def create_app(settings: Settings, *, enqueuer: Enqueuer | None = None,
 
         enqueuer = make_enqueuer(settings)
     metrics = Metrics(uow)
+    broker_app = getattr(enqueuer, "app", None)
+    if broker_app is None:
+        from tasks.chain import create_sender_app
+
+        broker_app = create_sender_app(settings)
     register_error_handlers(app)
     # Observability first: a before_request hook that answers (auth's 401) skips the hooks
     # registered after it, and every request, rejected ones included, needs its
     # correlation id and timer before anything can answer it.
     _register_observability(app, metrics)
     _register_auth(app, settings)
-    _register_jobs(app, uow, enqueuer, getattr(enqueuer, "cancel", None))
-    _register_health(app, uow, redis_client, metrics)
+    _register_jobs(app, uow, enqueuer, getattr(enqueuer, "cancel", None),
+                   settings.outbox_enqueue_after)
+    _register_health(app, uow, redis_client, metrics, broker_app)
     return app
 
 
@@ -102,7 +108,7 @@ def _register_observability(app: Flask, metrics: Metrics) -> None:
 
 
 def _register_jobs(app: Flask, uow: PostgresUnitOfWork, enqueue: Enqueuer,
-                   cancel: Canceller | None) -> None:
+                   cancel: Canceller | None, outbox_after: float) -> None:
     def read(job_id: str, load: Callable[[JobRepository, UUID], Any]) -> Any:
         with uow() as jobs:
             found = load(jobs, parse.job_id(job_id))
@@ -115,7 +121,8 @@ def _register_jobs(app: Flask, uow: PostgresUnitOfWork, enqueue: Enqueuer,
         ident = parse.job_id(job_id)
         job_input = parse.start_input(request)
         with job_context(ident, g.correlation_id):
-            result = start_job(uow, enqueue, ident, job_input, g.correlation_id)
+            result = start_job(uow, enqueue, ident, job_input, g.correlation_id,
+                               outbox_after=outbox_after)
         return jsonify(job_state(result.job)), 202 if result.started else 200
 
     @app.post("/internal/jobs/<job_id>/fail")
@@ -131,7 +138,7 @@ def _register_jobs(app: Flask, uow: PostgresUnitOfWork, enqueue: Enqueuer,
         ident = parse.job_id(job_id)
         new_id = parse.redrive_id(request)
         with job_context(new_id, g.correlation_id):
-            result = redrive_job(uow, enqueue, ident, new_id)
+            result = redrive_job(uow, enqueue, ident, new_id, outbox_after=outbox_after)
         return jsonify({"job_id": str(result.job.job_id), "redriven_from": str(ident),
                         "resumes_at": result.resumes_at.value}), 202 if result.started else 200
 
@@ -142,7 +149,7 @@ def _register_jobs(app: Flask, uow: PostgresUnitOfWork, enqueue: Enqueuer,
 
     @app.get("/internal/jobs/<job_id>")
     def detail(job_id: str) -> Any:
-        return jsonify(job_detail(read(job_id, JobRepository.detail)))
+        return jsonify(job_detail(read(job_id, JobRepository.full_detail)))
 
     @app.get("/internal/jobs")
     def list_jobs() -> Any:
@@ -162,17 +169,25 @@ def _register_jobs(app: Flask, uow: PostgresUnitOfWork, enqueue: Enqueuer,
 
 
 def _register_health(app: Flask, uow: PostgresUnitOfWork, redis_client: redis.Redis,
-                     metrics: Metrics) -> None:
+                     metrics: Metrics, broker_app: Any) -> None:
+    from tasks.chain import check_broker
+
     @app.get("/healthz")
     def healthz() -> Any:
         return jsonify({"status": "ok"})
 
     @app.get("/readyz")
     def readyz() -> Any:
+        # The broker too (CELERY_BROKER_URL, or REDIS_URL's server): a 202 needs it to
+        # keep its promise at once, not only once the outbox relay gets through.
         checks = {"postgresql": _check(lambda: _ping_db(uow)),
-                  "redis": _check(redis_client.ping)}
+                  "redis": _check(redis_client.ping),
+                  "broker": _check(lambda: check_broker(broker_app, timeout=2.0))}
         ready = all(v == "ok" for v in checks.values())
-        body = {"status": "ready" if ready else "not_ready", "checks": checks}
+        body: dict[str, Any] = {"status": "ready" if ready else "not_ready",
+                                "checks": checks}
+        if not ready:
+            body["down"] = [name for name, v in checks.items() if v != "ok"]
         return jsonify(body), 200 if ready else 503
 
     @app.get("/metrics")

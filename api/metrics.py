@@ -34,6 +34,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from db.job_counts import jobs_by_state
+from db.outbox import outbox_backlog
 from db.uow import PostgresUnitOfWork
 from orchestrator.states import State
 
@@ -56,6 +57,34 @@ class _JobsByState(Collector):
         for state in State:
             family.add_metric([state.value], counts.get(state.value, 0))
         yield family
+
+
+class _OutboxBacklog(Collector):
+    """The outboxes' backlog at scrape time, from their small indexes (:mod:`db.outbox`):
+    an alert on ``orchestrator_notifications_pending`` or on the oldest's age says the
+    receiver (or every worker's relay) has been away."""
+
+    def __init__(self, uow: PostgresUnitOfWork):
+        self.engine = uow.engine.execution_options(isolation_level="AUTOCOMMIT")
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            with self.engine.connect() as connection:
+                backlog = outbox_backlog(connection)
+        except Exception:  # the database is down: say nothing rather than fail the scrape
+            return
+        yield GaugeMetricFamily(
+            "orchestrator_notifications_pending",
+            "Terminal-event notifications not yet acknowledged by NOTIFY_URL",
+            value=backlog["notifications_pending"])
+        yield GaugeMetricFamily(
+            "orchestrator_notifications_oldest_pending_seconds",
+            "Age of the oldest notification not yet acknowledged (0: none)",
+            value=backlog["oldest_pending_s"])
+        yield GaugeMetricFamily(
+            "orchestrator_enqueues_pending",
+            "Started jobs whose chain is not yet sent to the broker",
+            value=backlog["enqueues_pending"])
 
 
 def multiprocess_dir() -> str | None:
@@ -89,6 +118,7 @@ class Metrics:
         self.latency = Histogram("orchestrator_api_request_seconds", "API request latency",
                                  ["route"], registry=counters)
         self.registry.register(_JobsByState(uow))
+        self.registry.register(_OutboxBacklog(uow))
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()

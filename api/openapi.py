@@ -82,6 +82,20 @@ SCHEMAS: dict[str, Any] = {
             "reused_from": {"type": ["string", "null"], "format": "uuid",
                             "description": "A redrive's SUCCESS that reused this job's "
                                            "stored output instead of calling the service"}}},
+    "Notification": {
+        "type": ["object", "null"], "additionalProperties": False,
+        "description": "The announcement of the job's end to NOTIFY_URL (null before "
+                       "it ends): pending until a 2xx, delivered, or skipped when no "
+                       "NOTIFY_URL was configured",
+        "required": ["event_id", "status", "attempts", "last_error", "delivered_at",
+                     "next_attempt_at"],
+        "properties": {
+            "event_id": {"type": "string", "format": "uuid"},
+            "status": {"type": "string", "enum": ["pending", "delivered", "skipped"]},
+            "attempts": {"type": "integer", "minimum": 0},
+            "last_error": {"type": ["string", "null"]},
+            "delivered_at": _TS,
+            "next_attempt_at": {**_TS, "description": "When a pending one is tried next"}}},
     "JobList": {
         "type": "object", "required": ["jobs", "next_cursor"], "additionalProperties": False,
         "properties": {"jobs": {"type": "array", "items": _ref("JobState")},
@@ -113,7 +127,11 @@ SCHEMAS: dict[str, Any] = {
     "Ready": {"type": "object", "required": ["status", "checks"],
               "properties": {"status": {"type": "string", "enum": ["ready", "not_ready"]},
                              "checks": {"type": "object",
-                                        "additionalProperties": {"type": "string"}}}},
+                                        "description": "postgresql, redis, broker: ok or "
+                                                       "error: <kind>",
+                                        "additionalProperties": {"type": "string"}},
+                             "down": {"type": "array", "items": {"type": "string"},
+                                      "description": "The checks that failed (503 only)"}}},
 }
 
 # The detail is the state plus history; spelled out (not allOf) so that both can keep
@@ -121,13 +139,14 @@ SCHEMAS: dict[str, Any] = {
 SCHEMAS["JobDetail"] = {
     "type": "object", "additionalProperties": False,
     "required": [*SCHEMAS["JobState"]["required"], "transitions", "stages", "result",
-                 "redriven_from", "redrives"],
+                 "notification", "redriven_from", "redrives"],
     "properties": {
         **SCHEMAS["JobState"]["properties"],
         "transitions": {"type": "array", "items": _ref("Transition")},
         "stages": {"type": "array", "items": _ref("StageAttempt")},
         "result": {"type": ["object", "null"],
                    "description": "COSTING's output once COMPLETED, else null"},
+        "notification": _ref("Notification"),
         "redriven_from": {"type": ["string", "null"], "format": "uuid",
                           "description": "The FAILED job this one redrives"},
         "redrives": {"type": "array", "items": {"type": "string", "format": "uuid"},
@@ -193,7 +212,7 @@ def openapi_document() -> dict[str, Any]:
                               **_errors(401)}}},
             "/healthz": {"get": {"summary": "Liveness", "responses": {
                 "200": _json(_ref("Health"), "The process answers")}}},
-            "/readyz": {"get": {"summary": "Readiness: PostgreSQL and Redis answer",
+            "/readyz": {"get": {"summary": "Readiness: PostgreSQL, Redis and the broker answer",
                                 "responses": {"200": _json(_ref("Ready"), "Ready"),
                                               "503": _json(_ref("Ready"), "Not ready")}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {

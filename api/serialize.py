@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from orchestrator.models import Job, JobDetail
+from orchestrator.models import Job, JobDetail, Notification
 
 
 def iso(value: datetime | None) -> str | None:
@@ -48,4 +48,14 @@ def job_detail(detail: JobDetail) -> dict[str, Any]:
         "result": detail.result,
         "redriven_from": str(detail.job.redriven_from) if detail.job.redriven_from else None,
         "redrives": [str(r) for r in detail.redrives],
+        "notification": notification(detail.notification),
     }
+
+
+def notification(n: Notification | None) -> dict[str, Any] | None:
+    """The terminal event's delivery, or None before the job ends."""
+    if n is None:
+        return None
+    return {"event_id": str(n.event_id), "status": n.status, "attempts": n.attempts,
+            "last_error": n.last_error, "delivered_at": iso(n.delivered_at),
+            "next_attempt_at": iso(n.next_attempt_at)}

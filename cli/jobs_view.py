@@ -54,7 +54,7 @@ def age(now: datetime, then: datetime) -> str:
 
 def show_job(settings: Settings, job_id: UUID, as_json: bool) -> str | None:
     with _uow(settings)() as jobs:
-        detail = jobs.detail(job_id)
+        detail = jobs.full_detail(job_id)
     if detail is None:
         return None
     if as_json:
@@ -75,6 +75,8 @@ def _describe(detail: JobDetail) -> str:
         f"plan       {job.plan_reference or '-'}",
         f"result     {job.result_reference or '-'}",
     ]
+    if detail.notification is not None:
+        lines.append(f"notified   {_notified(detail)}")
     if job.error_message:
         lines += textwrap.wrap(job.error_message, WIDTH, initial_indent="error      ",
                                subsequent_indent="           ", break_long_words=False,
@@ -98,6 +100,23 @@ def _describe(detail: JobDetail) -> str:
                                    subsequent_indent="           ", break_long_words=False,
                                    break_on_hyphens=False)
     return "\n".join(lines)
+
+
+def _notified(detail: JobDetail) -> str:
+    """The terminal event's delivery in one line: ``delivered 2026-… (2 attempts)``,
+    ``pending (3 attempts; last: HTTP 500; next 2026-…)`` or ``skipped (…)``."""
+    n = detail.notification
+    assert n is not None
+    tries = f"{n.attempts} attempt{'s' if n.attempts != 1 else ''}"
+    if n.status == "delivered":
+        return f"delivered {iso(n.delivered_at)} ({tries}), event {n.event_id}"
+    if n.status == "pending":
+        parts = [tries] + ([f"last: {textwrap.shorten(n.last_error, 80)}"]
+                           if n.last_error else [])
+        if n.next_attempt_at is not None:
+            parts.append(f"next {iso(n.next_attempt_at)}")
+        return f"pending ({'; '.join(parts)}), event {n.event_id}"
+    return f"{n.status} ({n.last_error or tries}), event {n.event_id}"
 
 
 def fail(settings: Settings, job_id: UUID, message: str) -> str:

@@ -8,6 +8,7 @@ compare-and-set on its state, and for stage workers on its fence too: zero rows 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -15,15 +16,18 @@ from uuid import UUID
 from sqlalchemy import Connection, and_, func, literal_column, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 
-from db.schema import job_transitions, jobs, stage_executions
+from db.schema import job_enqueues, job_events, job_transitions, jobs, stage_executions
 from orchestrator.models import (
     WORKER_LOST,
     AttemptCounts,
     AttemptStatus,
     Job,
     JobDetail,
+    Notification,
     OpenedAttempt,
+    PendingEnqueue,
     StageAttempt,
+    TerminalEvent,
     Transition,
 )
 from orchestrator.stages import STAGE_STATES
@@ -102,6 +106,61 @@ WITH moved AS (
 SELECT * FROM moved
 """).columns(*jobs.c)
 _ADVANCE_FIELDS = frozenset({"plan_reference", "result_reference"})
+
+
+#: :meth:`JobRepository.claim_events`: lock the due pending events past other relays
+#: (SKIP LOCKED), count the try and lease each for as long as the tries before it in this
+#: batch and its own may take, in one statement.
+_CLAIM_EVENTS = text("""
+WITH due AS (
+    SELECT event_id, next_attempt_at FROM job_events
+    WHERE status = 'pending' AND next_attempt_at <= now()
+    ORDER BY next_attempt_at LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+), ranked AS (
+    SELECT event_id, row_number() OVER (ORDER BY next_attempt_at, event_id) AS n FROM due
+)
+UPDATE job_events e
+SET attempts = e.attempts + 1,
+    next_attempt_at = now() + make_interval(secs => (ranked.n + 1) * :timeout)
+FROM ranked, jobs j
+WHERE e.event_id = ranked.event_id AND j.job_id = e.job_id
+RETURNING ranked.n, e.event_id, e.job_id, e.state, e.error_message, e.plan_reference,
+          e.result_reference, e.completed_at, e.redriven_from, e.attempts, j.correlation_id
+""")
+
+#: :meth:`JobRepository.claim_enqueues`, likewise, with the job's state and fence now.
+_CLAIM_ENQUEUES = text("""
+WITH due AS (
+    SELECT job_id FROM job_enqueues WHERE next_attempt_at <= now()
+    ORDER BY next_attempt_at LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE job_enqueues e
+SET attempts = e.attempts + 1, next_attempt_at = now() + make_interval(secs => :lease)
+FROM due, jobs j
+WHERE e.job_id = due.job_id AND j.job_id = e.job_id
+RETURNING e.job_id, e.from_state, e.correlation_id, e.fence, e.attempts, j.current_state,
+          j.fence AS current_fence, e.created_at
+""")
+
+#: :meth:`JobRepository.skip_events`.
+_SKIP_EVENTS = text("""
+WITH due AS (
+    SELECT event_id FROM job_events
+    WHERE status = 'pending' AND next_attempt_at <= now()
+    ORDER BY next_attempt_at LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE job_events e SET status = 'skipped', last_error = :reason
+FROM due, jobs j
+WHERE e.event_id = due.event_id AND j.job_id = e.job_id
+RETURNING e.event_id, e.job_id, j.correlation_id
+""")
+
+
+def _in(seconds: float) -> Any:
+    return func.now() + func.make_interval(0, 0, 0, 0, 0, 0, seconds)
 
 
 def _job(row: Any) -> Job:
@@ -349,3 +408,74 @@ class JobRepository:
 
     def ping(self) -> None:
         self.c.execute(select(literal_column("1")))
+
+    # --- the outboxes (migration 0005, orchestrator.outbox) -------------------------------
+
+    def add_enqueue(self, job_id: UUID, from_state: State, correlation_id: str | None, *,
+                    fence: int, delay: float) -> None:
+        self.c.execute(
+            insert(job_enqueues).values(
+                job_id=job_id, from_state=from_state.value, correlation_id=correlation_id,
+                fence=fence, created_at=func.now(), attempts=0, next_attempt_at=_in(delay))
+            .on_conflict_do_nothing(index_elements=[job_enqueues.c.job_id]))
+
+    def enqueue_sent(self, job_id: UUID) -> None:
+        self.c.execute(job_enqueues.delete().where(job_enqueues.c.job_id == job_id))
+
+    def claim_enqueues(self, limit: int, lease: float) -> list[PendingEnqueue]:
+        rows = self.c.execute(_CLAIM_ENQUEUES, {"limit": limit, "lease": lease}).mappings()
+        return [PendingEnqueue(job_id=r["job_id"], from_state=State(r["from_state"]),
+                               correlation_id=r["correlation_id"], fence=r["fence"],
+                               attempts=r["attempts"],
+                               current_state=State(r["current_state"]),
+                               current_fence=r["current_fence"])
+                for r in sorted(rows, key=lambda r: r["created_at"])]
+
+    def enqueue_failed(self, job_id: UUID, error: str, delay: float) -> None:
+        self.c.execute(update(job_enqueues).where(job_enqueues.c.job_id == job_id)
+                       .values(last_error=error, next_attempt_at=_in(delay)))
+
+    def claim_events(self, limit: int, timeout: float) -> list[TerminalEvent]:
+        rows = self.c.execute(_CLAIM_EVENTS, {"limit": limit, "timeout": timeout}).mappings()
+        return [TerminalEvent(event_id=r["event_id"], job_id=r["job_id"], state=r["state"],
+                              error_message=r["error_message"],
+                              plan_reference=r["plan_reference"],
+                              result_reference=r["result_reference"],
+                              completed_at=r["completed_at"],
+                              redriven_from=r["redriven_from"], attempts=r["attempts"],
+                              correlation_id=r["correlation_id"])
+                for r in sorted(rows, key=lambda r: r["n"])]
+
+    def _pending_event(self, event_id: UUID) -> Any:
+        return and_(job_events.c.event_id == event_id, job_events.c.status == "pending")
+
+    def event_delivered(self, event_id: UUID) -> None:
+        self.c.execute(update(job_events).where(self._pending_event(event_id)).values(
+            status="delivered", delivered_at=func.now(), last_error=None))
+
+    def event_failed(self, event_id: UUID, error: str, delay: float) -> None:
+        self.c.execute(update(job_events).where(self._pending_event(event_id)).values(
+            last_error=error, next_attempt_at=_in(delay)))
+
+    def skip_events(self, limit: int, reason: str) -> list[tuple[UUID, UUID, str | None]]:
+        return [(r[0], r[1], r[2]) for r in self.c.execute(
+            _SKIP_EVENTS, {"limit": limit, "reason": reason})]
+
+    def full_detail(self, job_id: UUID) -> JobDetail | None:
+        """:meth:`detail` with the terminal event's delivery (what the API and ``jobs
+        show`` give)."""
+        detail = self.detail(job_id)
+        if detail is None:
+            return None
+        return replace(detail, notification=self.notification(job_id))
+
+    def notification(self, job_id: UUID) -> Notification | None:
+        e = job_events.c
+        row = self.c.execute(
+            select(e.event_id, e.status, e.attempts, e.last_error, e.delivered_at,
+                   e.next_attempt_at).where(e.job_id == job_id)).first()
+        if row is None:
+            return None
+        return Notification(row.event_id, row.status, row.attempts, row.last_error,
+                            row.delivered_at,
+                            row.next_attempt_at if row.status == "pending" else None)

@@ -90,3 +90,39 @@ job_state_counts = Table(
     Column("count", BigInteger, nullable=False),
     PrimaryKeyConstraint("state", "shard"),
 )
+
+# A job's terminal-event notification, written by a trigger on jobs in the transaction of
+# the move to COMPLETED/FAILED (migration 0005) and delivered by the relay.
+job_events = Table(
+    "job_events", metadata,
+    Column("event_id", UUID(as_uuid=True), primary_key=True),
+    Column("job_id", UUID(as_uuid=True), ForeignKey("jobs.job_id", ondelete="CASCADE"),
+           nullable=False, unique=True),
+    Column("state", Text, nullable=False),
+    Column("error_message", Text),
+    Column("plan_reference", Text),
+    Column("result_reference", Text),
+    Column("completed_at", DateTime(timezone=True)),
+    Column("redriven_from", UUID(as_uuid=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("status", Text, nullable=False),  # pending, delivered, skipped
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False),
+    Column("last_error", Text),
+    Column("delivered_at", DateTime(timezone=True)),
+)
+
+# The chain a started job is owed (migration 0005): inserted with the start, deleted once
+# sent; a row left unsent is sent by the relay.
+job_enqueues = Table(
+    "job_enqueues", metadata,
+    Column("job_id", UUID(as_uuid=True), ForeignKey("jobs.job_id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("from_state", Text, nullable=False),
+    Column("correlation_id", Text),
+    Column("fence", BigInteger, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False),
+    Column("last_error", Text),
+)

@@ -92,6 +92,19 @@ class OpenedAttempt:
 
 
 @dataclass(frozen=True)
+class Notification:
+    """Where the announcement of a job's end stands: ``status`` pending (not yet
+    acknowledged by a 2xx), delivered, or skipped (no NOTIFY_URL when it came due)."""
+
+    event_id: UUID
+    status: str
+    attempts: int
+    last_error: str | None
+    delivered_at: datetime | None
+    next_attempt_at: datetime | None = None
+
+
+@dataclass(frozen=True)
 class JobDetail:
     job: Job
     transitions: list[Transition]
@@ -99,3 +112,40 @@ class JobDetail:
     result: dict[str, Any] | None
     #: The redrives of this job, oldest first.
     redrives: list[UUID] = field(default_factory=list)
+    #: The terminal event's delivery (None before the job ends).
+    notification: Notification | None = None
+
+
+@dataclass(frozen=True)
+class TerminalEvent:
+    """One job's terminal event as claimed for delivery (``attempts`` counts this one)."""
+
+    event_id: UUID
+    job_id: UUID
+    state: str
+    error_message: str | None
+    plan_reference: str | None
+    result_reference: str | None
+    completed_at: datetime | None
+    redriven_from: UUID | None
+    attempts: int
+    correlation_id: str | None = None
+
+
+@dataclass(frozen=True)
+class PendingEnqueue:
+    """A started job's chain, owed from ``from_state``, as claimed for sending; the
+    job's state and fence now tell whether a chain already reached it."""
+
+    job_id: UUID
+    from_state: State
+    correlation_id: str | None
+    fence: int  # the job's fence when the row was written
+    attempts: int
+    current_state: State
+    current_fence: int
+
+    @property
+    def obsolete(self) -> bool:
+        """The job moved or was claimed by a stage since: a chain reached it."""
+        return self.current_state is not self.from_state or self.current_fence != self.fence

@@ -13,7 +13,15 @@ from datetime import datetime
 from typing import Any, Protocol
 from uuid import UUID
 
-from orchestrator.models import AttemptCounts, Job, JobDetail, OpenedAttempt
+from orchestrator.models import (
+    AttemptCounts,
+    Job,
+    JobDetail,
+    Notification,
+    OpenedAttempt,
+    PendingEnqueue,
+    TerminalEvent,
+)
 from orchestrator.stages import StageSpec
 from orchestrator.states import State
 
@@ -76,6 +84,33 @@ class JobRepository(Protocol):
     def unmark_resumed(self, job_id: UUID, state: State, fence: int) -> bool:
         """Undo ``mark_resumed`` after a failed enqueue, so the next pass takes the job
         again; False (nothing written) if it left ``state`` or ``fence`` meanwhile."""
+
+    # --- the outboxes (orchestrator.outbox) ----------------------------------------------
+
+    def add_enqueue(self, job_id: UUID, from_state: State, correlation_id: str | None, *,
+                    fence: int, delay: float) -> None:
+        """Owe the job its chain from ``from_state``: the relay sends it ``delay`` seconds
+        from now unless :meth:`enqueue_sent` clears it first."""
+
+    def enqueue_sent(self, job_id: UUID) -> None: ...
+
+    def claim_enqueues(self, limit: int, lease: float) -> list[PendingEnqueue]:
+        """The due enqueues, locked past a concurrent relay and leased for ``lease`` s."""
+
+    def enqueue_failed(self, job_id: UUID, error: str, delay: float) -> None: ...
+
+    def claim_events(self, limit: int, timeout: float) -> list[TerminalEvent]:
+        """The due pending events in order, each leased for as long as the tries before
+        it and its own may take (``timeout`` each), its attempts counted."""
+
+    def event_delivered(self, event_id: UUID) -> None: ...
+
+    def event_failed(self, event_id: UUID, error: str, delay: float) -> None: ...
+
+    def skip_events(self, limit: int, reason: str) -> list[tuple[UUID, UUID, str | None]]:
+        """Mark the due pending events skipped; their (event id, job id, correlation id)."""
+
+    def notification(self, job_id: UUID) -> Notification | None: ...
 
 
 class UnitOfWork(Protocol):

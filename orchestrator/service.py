@@ -28,17 +28,21 @@ class StartResult:
 
 
 def start_job(uow: UnitOfWork, enqueue: Enqueuer, job_id: UUID, input: dict[str, Any] | None,
-              correlation_id: str | None, *, redriven_from: UUID | None = None
-              ) -> StartResult:
+              correlation_id: str | None, *, outbox_after: float = 2.0,
+              redriven_from: UUID | None = None) -> StartResult:
     """Create the job if new, move it UPLOADED → PLANNING and enqueue its chain, once.
 
     A repeated start with an ``input`` other than the stored one raises InputMismatch (and
     changes nothing); one with no input (None) never does.
 
     Concurrent starts of one job are settled by PostgreSQL: the insert is ``ON CONFLICT DO
-    NOTHING`` and the move a compare-and-set, so exactly one caller wins and enqueues. If
-    the process dies between the commit and the enqueue, recovery finds the job (in
-    PLANNING with no live lock and no progress) and enqueues it.
+    NOTHING`` and the move a compare-and-set, so exactly one caller wins and enqueues.
+
+    A 202 is a promise: the move commits with an outbox row owing the job its chain
+    (``add_enqueue``). The chain is sent right after the commit and the row cleared; if the
+    send fails (the broker is down) or the process dies first, the row stays and a
+    worker's relay sends it ``outbox_after`` seconds on, as soon as the broker answers
+    (:func:`orchestrator.outbox.send_enqueues`), with no wait for recovery.
     """
     with uow() as jobs:
         created = jobs.insert_if_absent(job_id, input or {}, correlation_id,
@@ -48,6 +52,9 @@ def start_job(uow: UnitOfWork, enqueue: Enqueuer, job_id: UUID, input: dict[str,
             if existing is not None and existing.input != input:
                 raise InputMismatch(str(job_id))  # rolls back: nothing moved
         moved = jobs.move(job_id, State.UPLOADED, State.PLANNING, "started")
+        if moved is not None:
+            jobs.add_enqueue(job_id, State.PLANNING, moved.correlation_id, fence=moved.fence,
+                             delay=outbox_after)
         job = moved or jobs.get(job_id)
     if job is None:  # pragma: no cover - the row was inserted or existed a moment ago
         raise JobNotFound(str(job_id))
@@ -62,13 +69,29 @@ def start_job(uow: UnitOfWork, enqueue: Enqueuer, job_id: UUID, input: dict[str,
             return StartResult(job, started=False)
         log_event(log, "job.transition", from_state=State.UPLOADED.value,
                   to_state=State.PLANNING.value, reason="started")
+        log_event(log, "outbox.enqueued", stage=State.PLANNING.value)
         try:
             enqueue(job_id, State.PLANNING, job.correlation_id)
-        except Exception as exc:  # the broker is down: recovery will enqueue it later
-            log_event(log, "job.enqueue_failed", logging.ERROR, error=repr(exc))
+        except Exception as exc:  # the broker is down: the relay sends it once it is back
+            log_event(log, "job.enqueue_failed", logging.ERROR, error=repr(exc),
+                      stage=State.PLANNING.value,
+                      outcome=f"left in the outbox; a worker's relay sends it from "
+                              f"{outbox_after:g} s on, once the broker answers")
         else:
             log_event(log, "job.enqueued", stage=State.PLANNING.value)
+            _clear_enqueue(uow, job_id)
     return StartResult(job, started=True)
+
+
+def _clear_enqueue(uow: UnitOfWork, job_id: UUID) -> None:
+    """The chain went: clear its outbox row. If PostgreSQL fails us here, the relay finds
+    the row, sees the job claimed (its fence moved) and drops it; before the claim it
+    sends the chain again, a duplicate the stage's claim makes harmless."""
+    try:
+        with uow(single=True) as jobs:
+            jobs.enqueue_sent(job_id)
+    except Exception as exc:
+        log_event(log, "outbox.clear_failed", logging.WARNING, error=repr(exc))
 
 
 @dataclass(frozen=True)

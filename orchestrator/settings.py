@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from orchestrator.errors import ConfigError
@@ -125,6 +126,14 @@ class Settings:
     api_workers: int = 2
     downstream_port: int = 8002
     worker_concurrency: int = 100
+    # Terminal-event notifications and the enqueue outbox (orchestrator.outbox).
+    notify_url: str | None = field(default=None, repr=False)
+    notify_secret: str | None = field(default=None, repr=False)
+    notify_timeout: float = 5.0
+    notify_retry_base: float = 1.0
+    notify_retry_max: float = 300.0
+    outbox_interval: float = 1.0
+    outbox_enqueue_after: float = 2.0
     log_level: str = "INFO"
 
     @classmethod
@@ -163,6 +172,7 @@ class Settings:
             api_workers=env.integer("ORCHESTRATOR_API_WORKERS", 2, minimum=1),
             downstream_port=env.port("DOWNSTREAM_PORT", 8002),
             worker_concurrency=env.integer("WORKER_CONCURRENCY", 100, minimum=1),
+            **_notify_settings(env),
             log_level=log_level,
         )
 
@@ -184,6 +194,25 @@ class Settings:
         if not self.api_tokens and not self.auth_disabled:
             raise ConfigError("ORCHESTRATOR_API_TOKENS",
                               "is empty; set tokens or ORCHESTRATOR_AUTH_DISABLED=true")
+
+
+def _notify_settings(env: _Env) -> dict[str, Any]:
+    """NOTIFY_* and OUTBOX_*: the secret is required with a URL (an unsigned announcement
+    could not be told from a forged one) and is never logged."""
+    url = env.url("NOTIFY_URL", None, ("http", "https"))
+    secret = env.raw("NOTIFY_SECRET")
+    if url and not secret:
+        raise ConfigError("NOTIFY_SECRET", "is required when NOTIFY_URL is set")
+    return dict(
+        notify_url=url,
+        notify_secret=secret,
+        notify_timeout=env.number("NOTIFY_TIMEOUT", 5.0, minimum=0.1, maximum=300),
+        notify_retry_base=env.number("NOTIFY_RETRY_BASE", 1.0, minimum=0.01, maximum=3600),
+        notify_retry_max=env.number("NOTIFY_RETRY_MAX", 300.0, minimum=0.01, maximum=86400),
+        outbox_interval=env.number("OUTBOX_INTERVAL", 1.0, minimum=0.05, maximum=3600),
+        outbox_enqueue_after=env.number("OUTBOX_ENQUEUE_AFTER", 2.0, minimum=0.1,
+                                        maximum=3600),
+    )
 
 
 def _stage_specs(env: _Env) -> tuple[StageSpec, ...]:

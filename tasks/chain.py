@@ -108,6 +108,15 @@ def create_sender_app(settings: Settings) -> Celery:
     return app
 
 
+def check_broker(app: Celery, timeout: float = 2.0) -> None:
+    """Raise unless the broker answers within about ``timeout`` seconds: a fresh
+    connection (not the pool's), one try, no retry (kombu's Redis channel PINGs on
+    connect; py-amqp does the AMQP handshake). For ``/readyz``."""
+    with app.connection_for_write(connect_timeout=timeout) as connection:
+        connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0,
+                                     interval_max=0, timeout=timeout)
+
+
 def make_enqueuer(settings: Settings) -> CeleryEnqueuer:
     """The enqueuer of processes that only send (the API): built where the process is
     composed, over :func:`create_sender_app`; it connects on first send."""

@@ -1,6 +1,6 @@
 """``create_celery_app(settings)``: the worker's Celery app with its configuration, one
-task per stage of the stage table, the routing to the stage queues, the recovery step and
-the logging hooks.
+task per stage of the stage table, the routing to the stage queues, the recovery and
+outbox relay steps and the logging hooks.
 
 Only workers (and the operator's ``orchestrator recover``) build it; the API sends with
 the light app of :func:`tasks.chain.create_sender_app`. A stage's time limits are
@@ -20,6 +20,7 @@ from orchestrator.logs import bind_job, configure_logging, log_event, unbind_job
 from orchestrator.settings import Settings
 from tasks.chain import configure_routing, task_name
 from tasks.recovery import RecoveryStep
+from tasks.relay import RelayStep
 from tasks.runtime import Runtime
 from tasks.stage import StageTask, run_stage_task
 
@@ -74,6 +75,7 @@ def create_celery_app(settings: Settings) -> Celery:
             shared=False,
         )
     app.steps["worker"].add(RecoveryStep)
+    app.steps["worker"].add(RelayStep)
     _connect_signals(app, settings)
     return app
 

@@ -58,7 +58,8 @@ def test_health_routes_need_no_token(app_client):
     ready = app_client.get("/readyz")
     assert ready.status_code == 200
     assert ready.get_json() == {"status": "ready",
-                                "checks": {"postgresql": "ok", "redis": "ok"}}
+                                "checks": {"postgresql": "ok", "redis": "ok",
+                                           "broker": "ok"}}
     metrics = app_client.get("/metrics")
     assert metrics.status_code == 200
     assert set(jobs_by_state(app_client)) == {"UPLOADED", "PLANNING", "PARSING", "ENRICHING",

@@ -136,6 +136,8 @@ class Tables:
     jobs: dict[UUID, JobRow] = field(default_factory=dict)
     attempts: list[AttemptRow] = field(default_factory=list)
     transitions: list[TransitionRow] = field(default_factory=list)
+    #: The enqueue outbox: job id → the state its chain is owed from.
+    enqueues: dict[UUID, State] = field(default_factory=dict)
 
 
 class FakeIntegrityError(Exception):
@@ -332,6 +334,15 @@ class FakeRepository:
                     and a.status is AttemptStatus.SUCCESS):
                 return copy.deepcopy(a.output_data or {})
         return {}
+
+    def add_enqueue(self, job_id: UUID, from_state: State, correlation_id: str | None, *,
+                    fence: int, delay: float) -> None:
+        self._enter("add_enqueue")
+        self.t.enqueues.setdefault(job_id, from_state)
+
+    def enqueue_sent(self, job_id: UUID) -> None:
+        self._enter("enqueue_sent")
+        self.t.enqueues.pop(job_id, None)
 
     def detail(self, job_id: UUID) -> JobDetail | None:
         self._enter("detail")
