@@ -75,6 +75,10 @@ def _describe(detail: JobDetail) -> str:
         f"plan       {job.plan_reference or '-'}",
         f"result     {job.result_reference or '-'}",
     ]
+    if job.redriven_from:
+        lines.append(f"redrive of {job.redriven_from}")
+    if detail.redrives:
+        lines.append(f"redrives   {', '.join(str(r) for r in detail.redrives)}")
     if detail.notification is not None:
         lines.append(f"notified   {_notified(detail)}")
     if job.error_message:
@@ -94,7 +98,8 @@ def _describe(detail: JobDetail) -> str:
            for a in detail.stages]).splitlines()
     lines.append("  " + table[0])
     for attempt, row in zip(detail.stages, table[1:], strict=True):
-        lines.append("  " + row)
+        lines.append("  " + row
+                     + (f"  reused from {attempt.reused_from}" if attempt.reused_from else ""))
         if attempt.error_message:  # whole, wrapped under its attempt
             lines += textwrap.wrap(attempt.error_message, WIDTH, initial_indent="    error: ",
                                    subsequent_indent="           ", break_long_words=False,

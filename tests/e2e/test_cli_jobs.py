@@ -137,3 +137,30 @@ def test_jobs_fail_cancels_the_stage_in_flight_and_says_who(stack, downstream):
     assert empty.returncode == 2
     assert "Invalid value for --message: must be 1 to 4096" in empty.stderr
     assert api.job(job_id)["error_message"] == "wrong account"
+
+
+def test_jobs_redrive_runs_a_failed_job_again_reusing_what_succeeded(stack, downstream):
+    env, api, _ = stack
+    old = uuid.uuid4()
+    downstream.script(old, "COSTING", Reply(400, {"error": "no such currency"}))
+    api.start(old, {"sample": "web-stack"})
+    api.wait_state(old, "FAILED", timeout=120)
+    new = uuid.uuid4()
+
+    result = cli(env, "jobs", "redrive", str(old), "--new-id", str(new))
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (f"job {old} redriven as {new} (PLANNING; resumes at "
+                                     "COSTING)")
+    job = api.wait_state(new, "COMPLETED", "FAILED", timeout=120)
+    assert job["current_state"] == "COMPLETED" and job["redriven_from"] == str(old)
+    assert [c.stage for c in downstream.calls_for(new)] == ["COSTING"]
+    again = cli(env, "jobs", "redrive", str(old), "--new-id", str(new))
+    assert again.returncode == 0 and "already redriven as" in again.stdout
+    refused = cli(env, "jobs", "redrive", str(new))
+    assert refused.returncode == 1
+    assert f"job {new} is COMPLETED; only a FAILED job can be redriven" in refused.stderr
+    assert f"redrives   {new}" in cli(env, "jobs", "show", str(old)).stdout
+    shown = cli(env, "jobs", "show", str(new)).stdout
+    assert f"redrive of {old}" in shown
+    assert shown.count(f"reused from {old}") == 3  # PLANNING, PARSING, ENRICHING
