@@ -26,13 +26,14 @@ def test_a_job_committed_but_never_enqueued_is_resumed(settings, worker, api):
     assert broken.start(job_id).status_code == 202
     assert api.job(job_id)["current_state"] == "PLANNING"
 
-    # When the workers' recovery passes run
-    # Then the job is found and completes, with no state skipped or entered twice (a
-    # generous deadline: the shared worker may still be busy with another test's stages)
+    # When the workers' relays look at the enqueue outbox (the start committed its row)
+    # Then the job is sent and completes, with no state skipped or entered twice, well
+    # before recovery's stale-after (a generous deadline: the shared worker may still be
+    # busy with another test's stages)
     job = api.wait_state(job_id, "COMPLETED", "FAILED",
                          timeout=settings.recovery_stale_after + 120)
     assert transitions(job) == HAPPY_PATH
-    assert worker.has_event("recovery.resume", job_id=str(job_id), stage="PLANNING")
+    assert worker.has_event("outbox.sent", job_id=str(job_id), stage="PLANNING", by="relay")
 
 
 def test_sigkill_during_a_stage_then_another_worker_finishes_the_job(
