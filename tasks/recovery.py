@@ -32,13 +32,18 @@ def recovery_pass(app: Celery) -> int:
     return len(resumed)
 
 
+#: The relay's own engine in every worker's main process (:mod:`tasks.relay`).
+RELAY_CONNECTIONS = 2
+
+
 def connection_ceiling(pool: str, concurrency: int) -> int:
     """The most PostgreSQL connections one worker may open: under threads, its one pool of
     ``concurrency + 2`` (:attr:`tasks.runtime.Runtime.engine`); under prefork, 3 per child
-    (1 stage + 2) and 2 for the main process's recovery and hard-limit handling."""
+    (1 stage + 2) and 2 for the main process's recovery and hard-limit handling; plus, in
+    both, the outbox relay's own."""
     if pool == "prefork":
-        return 3 * concurrency + 2
-    return concurrency + 2
+        return 3 * concurrency + 2 + RELAY_CONNECTIONS
+    return concurrency + 2 + RELAY_CONNECTIONS
 
 
 def check_connection_budget(app: Celery, pool: str, concurrency: int) -> None:

@@ -37,6 +37,7 @@ from orchestrator.outbox import (
 )
 from orchestrator.settings import Settings
 from tasks.chain import CeleryEnqueuer
+from tasks.recovery import RELAY_CONNECTIONS
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,8 @@ class RelayStep(bootsteps.StartStopStep):
         app = worker.app
         settings: Settings = app.runtime.settings
         assert settings.database_url, "DATABASE_URL is required"
-        self._engine = make_engine(settings.database_url, pool_size=2, max_connections=2)
+        self._engine = make_engine(settings.database_url, pool_size=RELAY_CONNECTIONS,
+                                   max_connections=RELAY_CONNECTIONS)
         uow = PostgresUnitOfWork(self._engine)
         notifier = (HttpNotifier(settings.notify_url, settings.notify_timeout)
                     if settings.notify_url else None)

@@ -146,11 +146,12 @@ def test_a_worker_says_at_start_up_whether_postgresql_has_room_for_its_pool(depl
     finally:
         small.stop()
         large.stop()
-    # Then the first says so at INFO with its figures: threads, concurrency + 2
-    assert budget[small]["level"] == "INFO" and budget[small]["may_open"] == 4
+    # Then the first says so at INFO with its figures: threads, concurrency + 2, and the
+    # outbox relay's 2
+    assert budget[small]["level"] == "INFO" and budget[small]["may_open"] == 6
     assert budget[small]["pool"] == "threads"
     # And the second warns, naming the setting to change
     warning = budget[large]
     assert warning["level"] == "WARNING", warning
-    assert warning["may_open"] == max_connections + 12
+    assert warning["may_open"] == max_connections + 14
     assert "lower WORKER_CONCURRENCY or raise PostgreSQL's max_connections" in warning["error"]
