@@ -11,6 +11,8 @@ from uuid import UUID
 
 import click
 
+from cli.preflight import BROKER, POSTGRES, REDIS, wait_for_services
+from cli.startup import Unavailable, load_env_file, one_line_errors
 from orchestrator.errors import ConfigError
 from orchestrator.logs import configure_logging
 from orchestrator.models import MAX_ERROR_MESSAGE
@@ -25,17 +27,30 @@ def settings_from_env() -> Settings:
 
 
 def clear_errors(func: F) -> F:
-    """A wrong setting exits 2 with one line naming it, not a traceback."""
+    """A wrong setting exits 2, a service that cannot be reached at start-up 69, each with
+    one line naming the variable, not a traceback (cli.startup)."""
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
+        with one_line_errors():
             return func(*args, **kwargs)
-        except ConfigError as exc:
-            click.echo(f"orchestrator: configuration error: {exc}", err=True)
-            sys.exit(2)
 
     return wrapper  # type: ignore[return-value]
+
+
+def needs(*services: str) -> Callable[[F], F]:
+    """Wait (up to STARTUP_TIMEOUT) for ``services`` (cli.preflight's POSTGRES, REDIS,
+    BROKER) before the command's body; under :func:`clear_errors`."""
+
+    def decorate(func: F) -> F:
+        @wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            wait_for_services(settings_from_env(), services)
+            return func(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -43,8 +58,12 @@ def clear_errors(func: F) -> F:
 def main() -> None:
     """The Job Orchestrator of the Terraform cost-estimation pipeline.
 
-    Configuration comes from environment variables only (see .env.example).
+    Configuration comes from environment variables, and from a .env file in the working
+    directory when there is one (the environment wins; see .env.example). Exit codes: 2
+    for a bad setting, 69 when a service it needs cannot be reached at start-up.
     """
+    with one_line_errors():
+        load_env_file()
 
 
 @main.command()
@@ -56,9 +75,35 @@ def migrate() -> None:
     settings = settings_from_env()
     if not settings.database_url:
         raise ConfigError("DATABASE_URL", "is not set")
+    ensure_database(settings)
     configure_logging(settings.log_level)
     upgrade(settings.database_url)
     click.echo(f"migrated {redact_url(settings.database_url)} to head")
+
+
+def ensure_database(settings: Settings) -> None:
+    """Wait for PostgreSQL; create DATABASE_URL's database when the server has none of that
+    name, and say so (or say in one line why it could not, and how to)."""
+    import psycopg2
+
+    from cli.preflight import MissingDatabase, first_line
+    from db.migrate import create_database, database_name
+
+    assert settings.database_url is not None
+    try:
+        wait_for_services(settings, [POSTGRES])
+        return
+    except MissingDatabase:
+        pass
+    url = redact_url(settings.database_url)
+    try:
+        name = create_database(settings.database_url)
+    except psycopg2.Error as exc:
+        name = database_name(settings.database_url)
+        raise Unavailable(f"PostgreSQL at DATABASE_URL={url} has no database {name!r} and "
+                          f"cannot create it ({first_line(exc)}): create it as a user who "
+                          f"may (CREATE DATABASE \"{name}\"), then migrate again") from None
+    click.echo(f"created database {name!r} at DATABASE_URL={url}")
 
 
 @main.command()
@@ -70,6 +115,7 @@ def api() -> None:
     settings = settings_from_env()
     settings.require_services()
     settings.require_api_tokens()
+    wait_for_services(settings, [POSTGRES, BROKER])
     configure_logging(settings.log_level)
     # Before api.app imports prometheus_client: /metrics then adds up every worker's counts.
     metrics = use_multiprocess_metrics()
@@ -98,6 +144,8 @@ def worker(pool: str, stages: str | None, celery_args: tuple[str, ...]) -> None:
 
     settings = settings_from_env()
     queues = stage_queue_names(settings, stages)
+    settings.require_services()
+    wait_for_services(settings, [POSTGRES, REDIS, BROKER])
     configure_logging(settings.log_level)
     app = create_celery_app(settings)
     # --quiet: no ASCII banner, so every line of the worker's output is JSON.
@@ -130,6 +178,8 @@ def recover() -> None:
     from tasks.recovery import recovery_pass
 
     settings = settings_from_env()
+    settings.require_services()
+    wait_for_services(settings, [POSTGRES, REDIS, BROKER])
     configure_logging(settings.log_level)
     resumed = recovery_pass(create_celery_app(settings))
     click.echo(f"resumed {resumed} job(s)")
@@ -185,6 +235,7 @@ def jobs() -> None:
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
 @clear_errors
+@needs(POSTGRES)
 def jobs_list(state: str | None, limit: int, as_json: bool) -> None:
     """Newest jobs first: id, state, retries, age (since created), error (shortened; `jobs
     show` gives it whole)."""
@@ -198,6 +249,7 @@ def jobs_list(state: str | None, limit: int, as_json: bool) -> None:
 @click.argument("job_id", type=click.UUID)
 @click.option("--json", "as_json", is_flag=True, help="The API's JSON instead of text.")
 @clear_errors
+@needs(POSTGRES)
 def jobs_show(job_id: UUID, as_json: bool) -> None:
     """A job's state, transitions and every stage attempt with its duration and error."""
     from cli.jobs_view import show_job
@@ -214,6 +266,7 @@ def jobs_show(job_id: UUID, as_json: bool) -> None:
 @click.option("-m", "--message", required=True,
               help=f"Why: the job's error_message (1 to {MAX_ERROR_MESSAGE} characters).")
 @clear_errors
+@needs(POSTGRES, BROKER)
 def jobs_fail(job_id: UUID, message: str) -> None:
     """Move a job that has not ended to FAILED now, as the API's fail does: a stage in
     flight is cancelled and writes nothing. Exits 1 if the job is unknown or has ended."""

@@ -14,6 +14,15 @@ def sqlalchemy_url(database_url: str) -> str:
     return database_url
 
 
+def libpq_url(database_url: str) -> str:
+    """``DATABASE_URL`` as libpq (psycopg2 itself) reads it: without SQLAlchemy's driver
+    suffix."""
+    for prefix in ("postgresql+psycopg2://", "postgres+psycopg2://"):
+        if database_url.startswith(prefix):
+            return "postgresql://" + database_url[len(prefix):]
+    return database_url
+
+
 def make_engine(database_url: str, *, pool_size: int = 5,
                 max_connections: int | None = None) -> Engine:
     """An engine whose pool checks connections before use, so a PostgreSQL restart costs

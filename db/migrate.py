@@ -7,7 +7,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-from db.engine import sqlalchemy_url
+from db.engine import libpq_url, sqlalchemy_url
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -18,6 +18,45 @@ def alembic_config(database_url: str) -> Config:
     url = sqlalchemy_url(database_url)
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return config
+
+
+def database_name(database_url: str) -> str:
+    """The database ``database_url`` names (libpq's default: the user's name)."""
+    import getpass
+
+    from psycopg2.extensions import parse_dsn
+
+    params = parse_dsn(libpq_url(database_url))
+    return params.get("dbname") or params.get("user") or getpass.getuser()
+
+
+def create_database(database_url: str) -> str:
+    """Create the database of ``database_url`` on its server, connected as its user to the
+    server's maintenance database (``postgres``, else ``template1``, as ``createdb``
+    does); return its name. One that already exists (another migrate was faster) is fine.
+    A psycopg2 error says why it could not (e.g. no CREATEDB right)."""
+    import psycopg2
+    from psycopg2 import errors, sql
+
+    name = database_name(database_url)
+    for maintenance in ("postgres", "template1"):
+        try:
+            admin = psycopg2.connect(libpq_url(database_url), dbname=maintenance,
+                                     connect_timeout=5)
+        except psycopg2.OperationalError:
+            if maintenance == "template1":
+                raise
+            continue
+        break
+    admin.autocommit = True  # CREATE DATABASE cannot run in a transaction
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    except errors.DuplicateDatabase:
+        pass
+    finally:
+        admin.close()
+    return name
 
 
 def upgrade(database_url: str, revision: str = "head") -> None:

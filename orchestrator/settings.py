@@ -134,6 +134,7 @@ class Settings:
     notify_retry_max: float = 300.0
     outbox_interval: float = 1.0
     outbox_enqueue_after: float = 2.0
+    startup_timeout: float = 30.0
     log_level: str = "INFO"
 
     @classmethod
@@ -173,6 +174,7 @@ class Settings:
             downstream_port=env.port("DOWNSTREAM_PORT", 8002),
             worker_concurrency=env.integer("WORKER_CONCURRENCY", 100, minimum=1),
             **_notify_settings(env),
+            startup_timeout=env.number("STARTUP_TIMEOUT", 30.0, minimum=0, maximum=86400),
             log_level=log_level,
         )
 

@@ -1,4 +1,6 @@
-"""The command line as a user meets it: help everywhere, one clear line for a bad setting."""
+"""The command line as a user meets it: help everywhere, one clear line for a bad setting
+(exit 2), for `orchestrator …` and `celery -A tasks …` alike. Unreachable services and
+.env: test_startup.py, test_dotenv.py."""
 
 from __future__ import annotations
 
@@ -11,14 +13,23 @@ import pytest
 
 pytestmark = pytest.mark.integration
 CLI = str(Path(sys.executable).parent / "orchestrator")
+CELERY = str(Path(sys.executable).parent / "celery")
 COMMANDS = [[], ["migrate"], ["api"], ["worker"], ["recover"], ["jobs"], ["jobs", "list"],
             ["jobs", "show"]]
 
 
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+@pytest.fixture(autouse=True)
+def _in_an_empty_directory(tmp_path, monkeypatch):
+    """Commands read .env of their working directory: run them where there is none."""
+    monkeypatch.chdir(tmp_path)
+
+
+def run(*args: str, env: dict[str, str] | None = None,
+        program: str = CLI) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items()
-             if not k.startswith(("DATABASE_", "REDIS_", "ORCHESTRATOR_", "PLANNING_"))}
-    return subprocess.run([CLI, *args], env={**clean, **(env or {})}, capture_output=True,
+             if not k.startswith(("DATABASE_", "REDIS_", "ORCHESTRATOR_", "PLANNING_",
+                                  "CELERY_", "STARTUP_"))}
+    return subprocess.run([program, *args], env={**clean, **(env or {})}, capture_output=True,
                           text=True, timeout=60)
 
 
@@ -39,6 +50,9 @@ def test_every_command_has_help(command):
     (["recover"], {"DATABASE_URL": "postgresql://x/y", "REDIS_URL": "redis://x",
                    "RETRY_JITTER": "sometimes"}, "RETRY_JITTER"),
     (["jobs", "list"], {"LOCK_TTL": "-1"}, "LOCK_TTL"),
+    (["worker"], {"DATABASE_URL": "postgresql://x/y", "REDIS_URL": "redis://x",
+                  "STARTUP_TIMEOUT": "soon"}, "STARTUP_TIMEOUT"),
+    (["jobs", "list"], {"STARTUP_TIMEOUT": "-1"}, "STARTUP_TIMEOUT"),
 ])
 def test_a_wrong_setting_exits_nonzero_with_one_line_naming_it(command, env, variable):
     result = run(*command, env=env)
@@ -55,3 +69,27 @@ def test_an_unknown_stage_for_a_worker_exits_2_naming_it(stages):
     lines = result.stderr.strip().splitlines()
     named = stages.split(",")[-1].lower() or "(none)"
     assert len(lines) == 1 and "--stages" in lines[0] and named in lines[0], result.stderr
+
+
+CELERY_ENV = {"DATABASE_URL": "postgresql://x/y", "REDIS_URL": "redis://x"}
+
+
+@pytest.mark.parametrize("command", ["worker", "flower"])
+@pytest.mark.parametrize(("env", "variable"), [
+    ({}, "DATABASE_URL"),
+    ({**CELERY_ENV, "PLANNING_TIMEOUT": "soon"}, "PLANNING_TIMEOUT"),
+    ({**CELERY_ENV, "STARTUP_TIMEOUT": "later"}, "STARTUP_TIMEOUT"),
+])
+def test_celery_with_a_wrong_setting_exits_2_with_one_line_naming_it(command, env, variable):
+    result = run("-A", "tasks", command, env=env, program=CELERY)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and variable in lines[0], result.stderr
+
+
+def test_celery_help_needs_no_service():
+    # Redis at "x" does not resolve: the help is printed without waiting for it.
+    result = run("-A", "tasks", "worker", "--help", env={**CELERY_ENV, "STARTUP_TIMEOUT": "60"},
+                 program=CELERY)
+    assert result.returncode == 0, result.stderr
+    assert "Usage:" in result.stdout

@@ -25,6 +25,7 @@ def test_defaults_from_empty_environment() -> None:
     assert s.api_port == 8001
     assert s.downstream_port == 8002
     assert s.log_level == "INFO"
+    assert s.startup_timeout == 30.0
     assert s.database_url is None and s.redis_url is None and s.broker_url is None
     assert s.api_tokens == () and s.downstream_token is None and s.auth_disabled is False
 
@@ -83,6 +84,8 @@ def test_zero_retries_means_one_attempt() -> None:
     ("REDIS_URL", "redis://cache:6379/1", "redis_url", "redis://cache:6379/1"),
     ("DOWNSTREAM_TOKEN", "dt", "downstream_token", "dt"),
     ("ORCHESTRATOR_AUTH_DISABLED", "true", "auth_disabled", True),
+    ("STARTUP_TIMEOUT", "2.5", "startup_timeout", 2.5),
+    ("STARTUP_TIMEOUT", "0", "startup_timeout", 0.0),  # one try, no waiting
 ])
 def test_override_is_read(variable: str, value: str, attribute: str, expected: object) -> None:
     assert getattr(Settings.from_env({variable: value}), attribute) == expected
@@ -120,6 +123,9 @@ BAD_VALUES = [
     ("ORCHESTRATOR_PORT", "http"),
     ("DOWNSTREAM_PORT", "0"),
     ("ORCHESTRATOR_AUTH_DISABLED", "perhaps"),
+    ("STARTUP_TIMEOUT", "soon"),
+    ("STARTUP_TIMEOUT", "-1"),
+    ("STARTUP_TIMEOUT", "inf"),
 ]
 
 
