@@ -146,6 +146,16 @@ def start_time(pid: int) -> int | None:
 
 
 def is_running(pid: int, start: int | None) -> bool:
+    """Whether the process recorded as ``pid`` and ``start`` still runs (elsewhere than
+    on Linux: whether a process ``pid`` exists)."""
+    if not LINUX:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
     return start is not None and start_time(pid) == start
 
 

@@ -9,6 +9,7 @@ tests/support/stack_processes.py); each test kills whatever is left when it ends
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from cli.embedded import port_is_free, start_time
+from cli.embedded import port_is_free
 from tests.support.processes import ROOT, wait_for
 from tests.support.stack_processes import (
     CLI,
@@ -30,6 +31,7 @@ from tests.support.stack_processes import (
     kill_all,
     postgres_handles,
     processes_of,
+    start_time,
 )
 
 pytestmark = pytest.mark.integration
@@ -158,7 +160,7 @@ def test_children_die_with_a_killed_up_and_the_next_up_stops_the_servers_it_left
     redis = [pid for pid in servers if comm(pid) == "redis-server"]
 
     # Kill the guard first, then `up`: nobody is left to stop anything.
-    subprocess.run(["kill", "-KILL", str(guard[0])], check=True)
+    os.kill(guard[0], signal.SIGKILL)
     up.send(signal.SIGKILL)
 
     def children() -> list[str]:

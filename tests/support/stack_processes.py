@@ -18,7 +18,7 @@ import termios
 import threading
 from pathlib import Path
 
-from cli.embedded import free_port, start_time
+from cli.embedded import free_port
 from tests.support.processes import ROOT, wait_for
 
 CLI = str(Path(sys.executable).parent / "orchestrator")
@@ -34,6 +34,17 @@ def embedded_env(data_dir: Path) -> dict[str, str]:
     env.update(ORCHESTRATOR_DATA_DIR=str(data_dir), ORCHESTRATOR_PORT=str(free_port()),
                DOWNSTREAM_PORT=str(free_port()), PYTHONUNBUFFERED="1")
     return env
+
+
+def start_time(pid: int) -> int | None:
+    """When ``pid`` started (/proc/PID/stat's 22nd field), None if it is gone or a zombie:
+    with the PID, it names one process for good."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    return None if fields[0] in ("Z", "X") else int(fields[19])
 
 
 def _describe(pid: int) -> str | None:
