@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import click
 
@@ -281,3 +281,80 @@ def jobs_fail(job_id: UUID, message: str) -> None:
     except (JobNotFound, JobTerminal) as exc:
         click.echo(str(exc), err=True)
         sys.exit(1)
+
+
+@jobs.command("redrive")
+@click.argument("job_id", type=click.UUID)
+@click.option("--new-id", type=click.UUID,
+              help="The new job's id (repeating the command with it changes nothing); a "
+                   "fresh one by default.")
+@clear_errors
+@needs(POSTGRES, BROKER)
+def jobs_redrive(job_id: UUID, new_id: UUID | None) -> None:
+    """Run a FAILED job again as a new job, with its input: each stage that succeeded
+    reuses its stored output, the rest are called. Exits 1 if the job is unknown or not
+    FAILED."""
+    from cli.jobs_view import _uow
+    from orchestrator.errors import JobIdInUse, JobNotFound, NotFailed
+    from orchestrator.service import redrive_job
+    from tasks.chain import make_enqueuer
+
+    settings = settings_from_env()
+    try:
+        result = redrive_job(_uow(settings), make_enqueuer(settings), job_id,
+                             new_id or uuid4())
+    except (JobNotFound, NotFailed, JobIdInUse) as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    said = "redriven as" if result.started else "already redriven as"
+    click.echo(f"job {job_id} {said} {result.job.job_id} ({result.job.current_state.value}; "
+               f"resumes at {result.resumes_at.value})")
+
+
+class Duration(click.ParamType):
+    """``30d``, ``12h``, ``90m``, ``45s``, ``2w`` (or ``0s``) as seconds."""
+
+    name = "duration"
+    UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> float:
+        text = str(value).strip().lower()
+        number, unit = text[:-1], text[-1:]
+        try:
+            seconds = float(number) * self.UNITS[unit]
+        except (KeyError, ValueError):
+            self.fail(f"{value!r} is not a duration such as 30d, 12h, 90m or 0s", param, ctx)
+        if seconds < 0 or seconds != seconds or seconds == float("inf"):
+            self.fail(f"{value!r} is not a duration such as 30d, 12h, 90m or 0s", param, ctx)
+        return seconds
+
+
+@jobs.command("prune")
+@click.option("--older-than", type=Duration(), default="30d", show_default=True,
+              help="Delete COMPLETED and FAILED jobs that ended longer ago than this (30d, "
+                   "12h, 90m, 0s).")
+@click.option("--batch-size", type=click.IntRange(1, 10000), default=500, show_default=True,
+              help="Jobs deleted per transaction.")
+@clear_errors
+@needs(POSTGRES)
+def jobs_prune(older_than: float, batch_size: int) -> None:
+    """Delete terminal jobs that ended before then, with their attempts, transitions and
+    events, in small batches that lock only their own rows (safe while jobs run). Never a
+    job that has not ended, one whose notification is still owed, or one whose redrive is
+    still running."""
+    from db.engine import make_engine
+    from db.retention import prune
+
+    settings = settings_from_env()
+    if not settings.database_url:
+        raise ConfigError("DATABASE_URL", "is not set")
+    engine = make_engine(settings.database_url, pool_size=1)
+    try:
+        done = prune(engine, older_than, batch=batch_size)
+    finally:
+        engine.dispose()
+    click.echo(f"pruned {done.deleted} job(s) that ended before {done.cutoff.isoformat()}")
+    if done.kept:
+        click.echo(f"kept {done.kept} that ended before then: a notification still owed, a "
+                   "redrive still running, or in use; a later prune takes them")
