@@ -83,9 +83,9 @@ def dependencies(settings: Settings, needs: Sequence[str]) -> list[Dependency]:
             raise ConfigError("REDIS_URL", "is not set")
         found.append(Dependency(REDIS, "REDIS_URL", settings.redis_url, probe_redis))
     if BROKER in needs:
-        via_redis = settings.broker_url == broker_from_redis(settings.redis_url)
         if not settings.broker_url:
             raise ConfigError("REDIS_URL", "is not set (nor CELERY_BROKER_URL)")
+        via_redis = settings.broker_url == broker_from_redis(settings.redis_url)
         if not (via_redis and REDIS in needs):
             found.append(Dependency(
                 REDIS if via_redis else "the broker",
@@ -127,6 +127,7 @@ def first_line(exc: BaseException) -> str:
     text = re.sub(r"^Error -?\d+ connecting to \S+?\.\s+", "", text)  # redis-py
     text = re.sub(r"^\[Errno -?\d+\]\s*", "", text)  # OSError
     text = text.removeprefix("FATAL:").strip().rstrip(".")
+    # "Connection refused" reads as "connection refused" after a colon; "DB index…" stays.
     return text[:1].lower() + text[1:] if text[:2] != text[:2].upper() else text
 
 
@@ -137,8 +138,12 @@ def probe_postgres(url: str, seconds: float) -> None:
 
     try:
         psycopg2.connect(libpq_url(url), connect_timeout=max(2, int(seconds))).close()
+    except psycopg2.ProgrammingError as exc:  # "invalid dsn"
+        raise ValueError(first_line(exc)) from exc
     except psycopg2.OperationalError as exc:
         message, reason = str(exc), first_line(exc)
+        if reason.startswith("invalid "):  # libpq's word for a bad port, sslmode, option…
+            raise ValueError(reason) from exc
         if "FATAL:" not in message or any(p in message for p in _PG_PASSING):
             raise _TryAgain(reason) from exc
         if "database" in reason and reason.endswith("does not exist"):

@@ -53,6 +53,11 @@ def test_every_command_has_help(command):
     (["worker"], {"DATABASE_URL": "postgresql://x/y", "REDIS_URL": "redis://x",
                   "STARTUP_TIMEOUT": "soon"}, "STARTUP_TIMEOUT"),
     (["jobs", "list"], {"STARTUP_TIMEOUT": "-1"}, "STARTUP_TIMEOUT"),
+    # URLs of the right scheme that their client cannot read: at once, not after a wait
+    (["jobs", "list"], {"DATABASE_URL": "postgresql://u@127.0.0.1:99999/db",
+                        "STARTUP_TIMEOUT": "60"}, "DATABASE_URL"),
+    (["worker"], {"DATABASE_URL": "postgresql://u@127.0.0.1/db?sslmode=bogus",
+                  "REDIS_URL": "redis://x", "STARTUP_TIMEOUT": "60"}, "DATABASE_URL"),
 ])
 def test_a_wrong_setting_exits_nonzero_with_one_line_naming_it(command, env, variable):
     result = run(*command, env=env)
@@ -85,6 +90,14 @@ def test_celery_with_a_wrong_setting_exits_2_with_one_line_naming_it(command, en
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and variable in lines[0], result.stderr
+
+
+def test_celery_flower_with_a_broker_url_kombu_cannot_read_exits_2():
+    env = {**CELERY_ENV, "CELERY_BROKER_URL": "amqp://127.0.0.1:abc//", "STARTUP_TIMEOUT": "60"}
+    result = run("-A", "tasks", "flower", env=env, program=CELERY)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "CELERY_BROKER_URL" in lines[0], result.stderr
 
 
 def test_celery_help_needs_no_service():
