@@ -91,7 +91,7 @@ def ensure_database(settings: Settings) -> None:
 
     assert settings.database_url is not None
     try:
-        wait_for_services(settings, [POSTGRES])
+        wait_for_services(settings, [POSTGRES], schema=False)
         return
     except MissingDatabase:
         pass
@@ -261,9 +261,17 @@ def jobs_show(job_id: UUID, as_json: bool) -> None:
     click.echo(text)
 
 
+def _fail_message(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Checked as an argument, before any service is waited for."""
+    if not value.strip() or len(value) > MAX_ERROR_MESSAGE:
+        raise click.BadParameter(f"must be 1 to {MAX_ERROR_MESSAGE} characters, not only "
+                                 "spaces")
+    return value
+
+
 @jobs.command("fail")
 @click.argument("job_id", type=click.UUID)
-@click.option("-m", "--message", required=True,
+@click.option("-m", "--message", required=True, callback=_fail_message,
               help=f"Why: the job's error_message (1 to {MAX_ERROR_MESSAGE} characters).")
 @clear_errors
 @needs(POSTGRES, BROKER)
@@ -273,9 +281,6 @@ def jobs_fail(job_id: UUID, message: str) -> None:
     from cli.jobs_view import fail
     from orchestrator.errors import JobNotFound, JobTerminal
 
-    if not message.strip() or len(message) > MAX_ERROR_MESSAGE:
-        raise click.BadParameter(f"must be 1 to {MAX_ERROR_MESSAGE} characters, not only "
-                                 "spaces", param_hint="--message")
     try:
         click.echo(fail(settings_from_env(), job_id, message))
     except (JobNotFound, JobTerminal) as exc:

@@ -60,24 +60,28 @@ class Dependency:
         return f"{self.what} at {self.variable}={redact_url(self.url)}"
 
 
-def wait_for_services(settings: Settings, needs: Sequence[str]) -> None:
-    """Return once every service of ``needs`` (POSTGRES, REDIS, BROKER) answers; raise
+def wait_for_services(settings: Settings, needs: Sequence[str], *, schema: bool = True
+                      ) -> None:
+    """Return once every service of ``needs`` (POSTGRES, REDIS, BROKER) answers, and
+    PostgreSQL's schema is migrated unless ``schema`` is False (``migrate`` itself); raise
     :class:`Unavailable` (one line) when one does not within ``settings.startup_timeout``
     seconds, or :class:`MissingDatabase`, or ConfigError for a URL no client can read."""
     started = time.monotonic()
     deadline = started + settings.startup_timeout
-    for dependency in dependencies(settings, needs):
+    for dependency in dependencies(settings, needs, schema=schema):
         _wait(dependency, started, deadline, settings.startup_timeout)
 
 
-def dependencies(settings: Settings, needs: Sequence[str]) -> list[Dependency]:
+def dependencies(settings: Settings, needs: Sequence[str], *, schema: bool = True
+                 ) -> list[Dependency]:
     """The services to check, each with the variable that points at it. The broker is
     checked on its own only when it is not the Redis already checked."""
     found = []
     if POSTGRES in needs:
         if not settings.database_url:
             raise ConfigError("DATABASE_URL", "is not set")
-        found.append(Dependency(POSTGRES, "DATABASE_URL", settings.database_url, probe_postgres))
+        found.append(Dependency(POSTGRES, "DATABASE_URL", settings.database_url,
+                                probe_migrated if schema else probe_postgres))
     if REDIS in needs:
         if not settings.redis_url:
             raise ConfigError("REDIS_URL", "is not set")
@@ -150,6 +154,34 @@ def probe_postgres(url: str, seconds: float) -> None:
             raise MissingDatabase(f"{POSTGRES} at DATABASE_URL={redact_url(url)}: {reason} "
                                   "(`orchestrator migrate` creates it)") from exc
         raise _Refused(reason) from exc
+
+
+def probe_migrated(url: str, seconds: float) -> None:
+    """``probe_postgres``, then the schema: a database not migrated to this version's
+    head yet is worth waiting for (a migration Job or compose service may be running it
+    now); one migrated past it (a newer version's migration ran first) is fine."""
+    import psycopg2
+
+    from db.engine import libpq_url
+    from db.migrate import schema_revisions
+
+    probe_postgres(url, seconds)
+    with psycopg2.connect(libpq_url(url), connect_timeout=max(2, int(seconds))) as conn, \
+            conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('alembic_version') IS NOT NULL")
+        row = cur.fetchone()
+        versions = []
+        if row and row[0]:
+            cur.execute("SELECT version_num FROM alembic_version")
+            versions = [v for (v,) in cur.fetchall()]
+    conn.close()
+    head, known = schema_revisions()
+    if not versions:
+        raise _TryAgain("the database has no schema yet: run `orchestrator migrate`")
+    behind = [v for v in versions if v != head and v in known]
+    if behind:
+        raise _TryAgain(f"the schema is at revision {behind[0]} and this version needs "
+                        f"{head}: run `orchestrator migrate`")
 
 
 def probe_redis(url: str, seconds: float) -> None:

@@ -65,3 +65,13 @@ def upgrade(database_url: str, revision: str = "head") -> None:
 
 def downgrade(database_url: str, revision: str) -> None:
     command.downgrade(alembic_config(database_url), revision)
+
+
+def schema_revisions() -> tuple[str, set[str]]:
+    """This version's head revision, and every revision it knows (the head included)."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config("postgresql://unused/unused"))
+    head = script.get_current_head()
+    assert head is not None
+    return head, {r.revision for r in script.walk_revisions()}

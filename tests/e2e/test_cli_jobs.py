@@ -135,7 +135,7 @@ def test_jobs_fail_cancels_the_stage_in_flight_and_says_who(stack, downstream):
     assert missing.returncode == 1 and f"job {unknown} not found" in missing.stderr
     empty = cli(env, "jobs", "fail", str(job_id), "-m", "  ")
     assert empty.returncode == 2
-    assert "Invalid value for --message: must be 1 to 4096" in empty.stderr
+    assert "Invalid value for '-m' / '--message': must be 1 to 4096" in empty.stderr
     assert api.job(job_id)["error_message"] == "wrong account"
 
 

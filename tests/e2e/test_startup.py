@@ -244,3 +244,40 @@ def test_migrate_says_how_when_it_may_not_create_the_database(base_env, database
         assert "CREATE DATABASE" in lines[0] and "permission denied" in lines[0]
     finally:
         _admin(database_url, f"DROP ROLE IF EXISTS {role}")
+
+
+@pytest.fixture
+def empty_database(database_url: str) -> Iterator[str]:
+    """A database that exists but was never migrated; dropped afterwards."""
+    name = f"orch_empty_{uuid.uuid4().hex[:8]}"
+    _admin(database_url, f'CREATE DATABASE "{name}"')
+    try:
+        yield _with_database(database_url, name)
+    finally:
+        _admin(database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.mark.parametrize("argv", [[ORCHESTRATOR, "worker"], [ORCHESTRATOR, "recover"],
+                                  [ORCHESTRATOR, "api"], [ORCHESTRATOR, "jobs", "list"],
+                                  [CELERY, "-A", "tasks", "worker"]], ids=" ".join)
+def test_a_database_never_migrated_says_to_migrate(argv, base_env, empty_database, tmp_path):
+    result = run(argv, {**base_env, "DATABASE_URL": empty_database}, tmp_path)
+    assert result.returncode == EXIT_UNREACHABLE, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "DATABASE_URL=" in lines[0], result.stderr
+    assert "no schema yet: run `orchestrator migrate`" in lines[0]
+
+
+def test_a_database_behind_this_version_says_to_migrate(base_env, empty_database, tmp_path):
+    from db.migrate import upgrade
+
+    upgrade(empty_database, "0003")
+    result = run([ORCHESTRATOR, "jobs", "list"], {**base_env, "DATABASE_URL": empty_database},
+                 tmp_path)
+    assert result.returncode == EXIT_UNREACHABLE, result.stderr
+    assert "the schema is at revision 0003 and this version needs" in result.stderr
+    # and once migrated (as a migration Job would, meanwhile), the same command runs
+    upgrade(empty_database)
+    done = run([ORCHESTRATOR, "jobs", "list"], {**base_env, "DATABASE_URL": empty_database},
+               tmp_path)
+    assert done.returncode == 0 and done.stdout.strip() == "no jobs", done.stderr
