@@ -9,6 +9,7 @@ when a service the command needs cannot be reached within ``STARTUP_TIMEOUT``.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,11 +29,23 @@ def load_env_file(directory: Path | None = None) -> Path | None:
     """Read ``.env`` of ``directory`` (the working directory) into ``os.environ`` when there
     is one; a variable already in the environment wins over the file. A line the file's
     syntax cannot read is a ConfigError naming it, not a warning: a setting that silently
-    does not apply is worse than none."""
+    does not apply is worse than none.
+
+    ``ORCHESTRATOR_ENV_FILE`` in the environment names another file instead (which must
+    exist), or, empty, none at all (the test suite's subprocesses: a developer's own
+    ``.env`` must not leak into them)."""
     from dotenv import load_dotenv
     from dotenv.parser import parse_stream
 
-    path = (directory or Path.cwd()) / ".env"
+    chosen = os.environ.get("ORCHESTRATOR_ENV_FILE")
+    if chosen == "":
+        return None
+    if chosen is not None:
+        path = Path(chosen)
+        if not path.is_file():
+            raise ConfigError("ORCHESTRATOR_ENV_FILE", f"{chosen!r} is not a file")
+    else:
+        path = (directory or Path.cwd()) / ".env"
     if not path.is_file():
         return None
     with path.open(encoding="utf-8") as stream:

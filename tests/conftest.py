@@ -36,6 +36,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         raise pytest.UsageError("\n".join(sorted(set(problems))))
 
 
+# A developer's own ./.env (README: `cp .env.example .env`) must not reach the processes
+# the tests start from the repository: they read no .env unless a test gives them one.
+os.environ["ORCHESTRATOR_ENV_FILE"] = ""
+
 API_TOKEN = "test-token-" + uuid.uuid4().hex[:8]
 DOWNSTREAM_TOKEN = "downstream-" + uuid.uuid4().hex[:8]
 

@@ -91,3 +91,21 @@ def test_compose_passes_the_same_file_to_every_orchestrator_container():
         # What wires the containers together wins over .env (written for a local run).
         assert service["environment"]["ORCHESTRATOR_HOST"] == "0.0.0.0", name
         assert service["environment"]["DATABASE_URL"].startswith("postgresql://"), name
+
+
+def test_orchestrator_env_file_names_another_file_or_none(clean_env, database_url, tmp_path):
+    (tmp_path / ".env").write_text("LOG_LEVEL=NOISY\n")  # would be a bad setting if read
+    other = tmp_path / "prod.env"
+    other.write_text("LOCK_TTL=-1\n")
+    env = {**clean_env, "DATABASE_URL": database_url}
+
+    def jobs_list(env_file: str):
+        return run([ORCHESTRATOR, "jobs", "list"], {**env, "ORCHESTRATOR_ENV_FILE": env_file},
+                   tmp_path)
+
+    none = jobs_list("")
+    assert none.returncode == 0, none.stderr
+    named = jobs_list(str(other))
+    assert named.returncode == 2 and "LOCK_TTL" in named.stderr
+    missing = jobs_list(str(tmp_path / "nope"))
+    assert missing.returncode == 2 and "ORCHESTRATOR_ENV_FILE" in missing.stderr
