@@ -2,17 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
-from orchestrator.models import Job, JobDetail, Notification
-
-
-def iso(value: datetime | None) -> str | None:
-    """ISO 8601 in UTC with a ``Z``."""
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+from orchestrator.models import Job, JobDetail, Notification, iso
 
 
 def job_state(job: Job) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 from uuid import UUID
@@ -149,3 +149,10 @@ class PendingEnqueue:
     def obsolete(self) -> bool:
         """The job moved or was claimed by a stage since: a chain reached it."""
         return self.current_state is not self.from_state or self.current_fence != self.fence
+
+
+def iso(value: datetime | None) -> str | None:
+    """ISO 8601 in UTC with a ``Z`` (the API's and the notifications' timestamps)."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")

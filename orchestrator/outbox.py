@@ -26,12 +26,11 @@ import hmac
 import json
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from orchestrator.backoff import retry_delay
 from orchestrator.logs import job_context, log_event
-from orchestrator.models import TerminalEvent
+from orchestrator.models import TerminalEvent, iso
 from orchestrator.ports import Enqueuer, UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -39,12 +38,6 @@ log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-Orchestrator-Signature"
 #: What a skipped event's ``last_error`` says.
 NOT_CONFIGURED = "undeliverable: NOTIFY_URL unset"
-
-
-def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def event_payload(event: TerminalEvent) -> dict[str, Any]:
@@ -55,7 +48,7 @@ def event_payload(event: TerminalEvent) -> dict[str, Any]:
         "error_message": event.error_message,
         "plan_reference": event.plan_reference,
         "result_reference": event.result_reference,
-        "completed_at": _iso(event.completed_at),
+        "completed_at": iso(event.completed_at),
         "redriven_from": str(event.redriven_from) if event.redriven_from else None,
     }
 

@@ -17,47 +17,32 @@ from orchestrator.states import State
 from tasks.downstream_client import HttpDownstream
 from tasks.inflight import InFlight
 from tests.support.processes import wait_for
+from tests.support.raw_server import RawServer
 
 pytestmark = pytest.mark.integration
 
 
-class TricklingService:
+class TricklingService(RawServer):
     """Answers every request with headers at once, then one body byte every ``gap`` s,
     forever: each byte resets a read timeout, so only a deadline on the whole call can
     end it. Records the moment each client hung up."""
 
     def __init__(self, gap: float = 0.2):
         self.gap = gap
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
         self.received = threading.Event()
         self.hung_up = threading.Event()
-        self._stop = threading.Event()
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
 
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    def _answer(self, conn: socket.socket) -> None:
-        with conn:
-            conn.recv(65536)
-            self.received.set()
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: 1000000\r\n\r\n{")
-            try:
-                while not self._stop.wait(self.gap):
-                    conn.sendall(b" ")
-            except OSError:  # the client has gone away
-                self.hung_up.set()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.server.close()
+    def answer(self, conn: socket.socket) -> None:
+        conn.recv(65536)
+        self.received.set()
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000000\r\n\r\n{")
+        try:
+            while not self.stopped.wait(self.gap):
+                conn.sendall(b" ")
+        except OSError:  # the client has gone away
+            self.hung_up.set()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import uuid
 from collections.abc import Iterator
 
@@ -22,55 +21,41 @@ from tests.conftest import make_env
 from tests.integration.conftest import Api
 from tests.support.downstream_server import Reply
 from tests.support.processes import start_worker
+from tests.support.raw_server import RawServer
 
 pytestmark = pytest.mark.integration
 LIMIT = 64 * 1024
 
 
-class BigReplies:
+class BigReplies(RawServer):
     """A real HTTP server whose reply to each request is chosen by the test: a body of
     ``size`` bytes (a JSON object padded with spaces), sent with a Content-Length or
     chunked; ``size=None`` streams chunks forever. Counts what it managed to send."""
 
     def __init__(self) -> None:
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}/parsing"
+        super().__init__()
+        self.url = f"http://127.0.0.1:{self.port}/parsing"
         self.reply: tuple[int, int | None, bool] = (200, 0, True)
-        self._stop = threading.Event()
-        threading.Thread(target=self._serve, daemon=True).start()
 
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    def _answer(self, conn: socket.socket) -> None:
+    def answer(self, conn: socket.socket) -> None:
         status, size, with_length = self.reply
-        with conn:
-            conn.recv(65536)
-            head = f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"
-            try:
-                if with_length and size is not None:
-                    conn.sendall(f"{head}Content-Length: {size}\r\n\r\n".encode())
-                    conn.sendall(_body(size))
-                    return
-                conn.sendall(f"{head}Transfer-Encoding: chunked\r\n\r\n".encode())
-                if size is None:  # forever
-                    chunk = b"1000\r\n" + b" " * 0x1000 + b"\r\n"
-                    conn.sendall(b"1\r\n{\r\n")
-                    while not self._stop.is_set():
-                        conn.sendall(chunk)
-                body = _body(size)
-                conn.sendall(f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n")
-            except OSError:  # the client went away
+        conn.recv(65536)
+        head = f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"
+        try:
+            if with_length and size is not None:
+                conn.sendall(f"{head}Content-Length: {size}\r\n\r\n".encode())
+                conn.sendall(_body(size))
                 return
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.server.close()
+            conn.sendall(f"{head}Transfer-Encoding: chunked\r\n\r\n".encode())
+            if size is None:  # forever
+                chunk = b"1000\r\n" + b" " * 0x1000 + b"\r\n"
+                conn.sendall(b"1\r\n{\r\n")
+                while not self.stopped.is_set():
+                    conn.sendall(chunk)
+            body = _body(size)
+            conn.sendall(f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n")
+        except OSError:  # the client went away
+            return
 
 
 def _body(size: int) -> bytes:
