@@ -14,8 +14,9 @@ import pytest
 pytestmark = pytest.mark.integration
 CLI = str(Path(sys.executable).parent / "orchestrator")
 CELERY = str(Path(sys.executable).parent / "celery")
-COMMANDS = [[], ["migrate"], ["api"], ["worker"], ["recover"], ["jobs"], ["jobs", "list"],
-            ["jobs", "show"]]
+COMMANDS = [[], ["migrate"], ["api"], ["worker"], ["recover"], ["downstream"], ["up"],
+            ["demo"], ["jobs"], ["jobs", "list"], ["jobs", "show"], ["jobs", "fail"],
+            ["jobs", "redrive"], ["jobs", "prune"]]
 
 
 @pytest.fixture(autouse=True)
