@@ -154,10 +154,10 @@ def test_children_die_with_a_killed_up_and_the_next_up_stops_the_servers_it_left
     guard = [pid for pid, cmdline in processes_of(data_dir).items()
              if "-m cli.embedded" in cmdline]
     assert len(guard) == 1, processes_of(data_dir)
-    servers = {pid: start for pid, start in started.items()
-               if comm(pid) in ("postgres", "redis-server")}
+    # The servers themselves (not PostgreSQL's backends, which end with their clients).
     postmaster = int((data_dir / "postgres" / "postmaster.pid").read_text().split()[0])
-    redis = [pid for pid in servers if comm(pid) == "redis-server"]
+    redis = [pid for pid in started if comm(pid) == "redis-server"]
+    servers = {pid: started[pid] for pid in (postmaster, *redis)}
 
     # Kill the guard first, then `up`: nobody is left to stop anything.
     os.kill(guard[0], signal.SIGKILL)
