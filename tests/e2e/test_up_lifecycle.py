@@ -194,6 +194,8 @@ def test_a_second_up_on_the_same_data_refuses_in_one_line_naming_the_first(data_
     env = embedded_env(data_dir)
     first = start_up(ups, data_dir, env)
     started = the_whole_stack(data_dir)
+    lasting = {pid: start for pid, start in started.items() if comm(pid) != "postgres"}
+    postmaster = (data_dir / "postgres" / "postmaster.pid").read_text().split()[0]
 
     other_ports = embedded_env(data_dir)
     second = subprocess.run([CLI, "up"], env=other_ports, cwd=ROOT, capture_output=True,
@@ -204,10 +206,14 @@ def test_a_second_up_on_the_same_data_refuses_in_one_line_naming_the_first(data_
     assert len(lines) == 1 and "already runs" in lines[0], second.stderr
     assert f"PID {first.pid}" in lines[0] and str(data_dir) in lines[0]
     assert second.stdout == ""
-    # It started nothing: the first stack is exactly as it was, and still serves.
-    assert {pid: start_time(pid) for pid in processes_of(data_dir)
-            if comm(pid) != "postgres"} == {pid: start for pid, start in started.items()
-                                            if comm(pid) != "postgres"}
+    # It started nothing (one `up`, one guard, one Redis, the same PostgreSQL), and the
+    # first stack runs as it did, and serves.
+    now = processes_of(data_dir)
+    assert [pid for pid, cmdline in now.items() if cmdline.endswith(" up")] == [first.pid]
+    assert len([pid for pid, cmdline in now.items() if "-m cli.embedded" in cmdline]) == 1
+    assert len([pid for pid in now if comm(pid) == "redis-server"]) == 1
+    assert (data_dir / "postgres" / "postmaster.pid").read_text().split()[0] == postmaster
+    assert all(start_time(pid) == start for pid, start in lasting.items())
     assert port_is_free(int(other_ports["ORCHESTRATOR_PORT"]))
     assert requests.get(f"http://127.0.0.1:{env['ORCHESTRATOR_PORT']}/healthz",
                         timeout=5).ok
