@@ -207,7 +207,8 @@ def downstream() -> None:
 def up() -> None:
     """Run everything in the foreground: embedded PostgreSQL and Redis when DATABASE_URL /
     REDIS_URL are unset, migrations, the reference services, a worker and the API.
-    Ctrl-C stops it all."""
+    Ctrl-C, SIGTERM or closing its terminal stops it all; if it is killed, its guard
+    process stops the rest. One stack per data directory (ORCHESTRATOR_DATA_DIR)."""
     from cli.up import run_up
 
     run_up()

@@ -31,7 +31,10 @@ def variables_read_by_the_code() -> set[str]:
         names |= set(re.findall(r'"([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+)"', text))
     names |= {f"{stage}_{what}" for stage in ("PLANNING", "PARSING", "ENRICHING", "COSTING")
               for what in ("TIMEOUT", "MAX_RETRIES")}
-    return names - {"XDG_DATA_HOME"}
+    # Not settings: the desktop's data directory; the marker and home a local stack gives
+    # its own processes (cli/embedded.py); and a sysconf name, not a variable.
+    return names - {"XDG_DATA_HOME", "ORCHESTRATOR_STACK_ID", "ORCHESTRATOR_STACK_HOME",
+                    "SC_CLK_TCK"}
 
 
 def test_the_listed_values_are_the_defaults():
