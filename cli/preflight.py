@@ -45,6 +45,10 @@ class _TryAgain(Exception):
         self.reason = reason
 
 
+class _NotMigrated(_TryAgain):
+    """PostgreSQL answers, but its schema is not this version's yet."""
+
+
 class _Refused(Exception):
     """A try failed in a way waiting cannot cure."""
 
@@ -114,8 +118,10 @@ def _wait(dependency: Dependency, started: float, deadline: float, timeout: floa
         left = deadline - time.monotonic()
         if left <= 0:
             waited = time.monotonic() - started
-            raise Unavailable(f"cannot reach {dependency.where()}: {exc.reason} (tried for "
-                              f"{waited:.0f} s, STARTUP_TIMEOUT={timeout:g})") from None
+            what = (f"{dependency.where()} is not ready" if isinstance(exc, _NotMigrated)
+                    else f"cannot reach {dependency.where()}")
+            raise Unavailable(f"{what}: {exc.reason} (tried for {waited:.0f} s, "
+                              f"STARTUP_TIMEOUT={timeout:g})") from None
         return min(next(intervals), left)  # the last try at the deadline
 
     retry_over_time(attempt, _TryAgain, errback=pause, interval_start=0.2, interval_step=0.4,
@@ -177,10 +183,10 @@ def probe_migrated(url: str, seconds: float) -> None:
     conn.close()
     head, known = schema_revisions()
     if not versions:
-        raise _TryAgain("the database has no schema yet: run `orchestrator migrate`")
+        raise _NotMigrated("the database has no schema yet: run `orchestrator migrate`")
     behind = [v for v in versions if v != head and v in known]
     if behind:
-        raise _TryAgain(f"the schema is at revision {behind[0]} and this version needs "
+        raise _NotMigrated(f"the schema is at revision {behind[0]} and this version needs "
                         f"{head}: run `orchestrator migrate`")
 
 
