@@ -43,6 +43,10 @@ from cli.embedded import (
 )
 from orchestrator.settings import Settings
 
+#: The local worker's concurrency on the embedded PostgreSQL (unless WORKER_CONCURRENCY is
+#: set): its pool then fits the server's 100 connections with room for the API and you.
+EMBEDDED_WORKER_CONCURRENCY = 50
+
 
 @dataclass
 class Child:
@@ -189,6 +193,9 @@ def _start(exits: contextlib.ExitStack, log_dir: Path | None,
     if not env.get("DATABASE_URL"):
         env["DATABASE_URL"] = exits.enter_context(embedded_postgres(home / "postgres"))
         notes.append(f"PostgreSQL  embedded (pgserver), data in {home / 'postgres'}")
+        # pgserver's server admits 100 connections; the default worker (100 stages, up to
+        # 104 connections) would not fit beside the API and say so at every start.
+        env.setdefault("WORKER_CONCURRENCY", str(EMBEDDED_WORKER_CONCURRENCY))
         for pid in server_pids(home / "postgres", POSTGRES)[:1]:
             record.add("postgres", pid)
     if not env.get("REDIS_URL"):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -60,6 +61,10 @@ def test_demo_runs_every_sample_and_leaves_nothing_running(tmp_path_factory, run
     assert re.search(r"aws_db_instance\.main\s+create\s+0\.00\s+111\.60", out), out
     assert "not in the total: 1 unpriced resource(s), aws_eip.nat" in out
     assert "PostgreSQL  embedded (pgserver)" in out and str(data_dir) in out
+    # and the worker's pool fits the embedded server: no connection-budget warning
+    budget = [json.loads(line) for line in (data_dir / "demo-logs" / "worker.log")
+              .read_text().splitlines() if '"worker.database_budget"' in line]
+    assert [b["level"] for b in budget] == ["INFO"], budget
     # And nothing it started is still running
     assert leftovers(data_dir) == []
     assert port_is_free(int(env["ORCHESTRATOR_PORT"]))
