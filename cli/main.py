@@ -308,7 +308,7 @@ def jobs_redrive(job_id: UUID, new_id: UUID | None) -> None:
     settings = settings_from_env()
     try:
         result = redrive_job(_uow(settings), make_enqueuer(settings), job_id,
-                             new_id or uuid4())
+                             new_id or uuid4(), outbox_after=settings.outbox_enqueue_after)
     except (JobNotFound, NotFailed, JobIdInUse) as exc:
         click.echo(str(exc), err=True)
         sys.exit(1)
