@@ -34,7 +34,7 @@ class TricklingService(RawServer):
         super().__init__()
 
     def answer(self, conn: socket.socket) -> None:
-        conn.recv(65536)
+        self.read_request(conn)
         self.received.set()
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                      b"Content-Length: 1000000\r\n\r\n{")

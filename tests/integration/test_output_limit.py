@@ -39,7 +39,7 @@ class BigReplies(RawServer):
 
     def answer(self, conn: socket.socket) -> None:
         status, size, with_length = self.reply
-        conn.recv(65536)
+        self.read_request(conn)
         head = f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"
         try:
             if with_length and size is not None:

@@ -30,6 +30,30 @@ class RawServer:
     def answer(self, conn: socket.socket) -> None:
         raise NotImplementedError
 
+    @staticmethod
+    def read_request(conn: socket.socket) -> bytes:
+        """The whole request, headers and Content-Length body. (Answering and closing
+        with some of it unread would make the kernel reset the connection, and the client
+        could see the reset instead of the answer.)"""
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return data
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value.strip())
+        while len(body) < length:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+        return head + b"\r\n\r\n" + body
+
     def stop(self) -> None:
         self.stopped.set()
         self.server.close()
