@@ -149,7 +149,7 @@ def _register_jobs(app: Flask, uow: PostgresUnitOfWork, enqueue: Enqueuer,
 
     @app.get("/internal/jobs/<job_id>")
     def detail(job_id: str) -> Any:
-        return jsonify(job_detail(read(job_id, JobRepository.full_detail)))
+        return jsonify(job_detail(read(job_id, JobRepository.detail)))
 
     @app.get("/internal/jobs")
     def list_jobs() -> Any:

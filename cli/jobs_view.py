@@ -54,7 +54,7 @@ def age(now: datetime, then: datetime) -> str:
 
 def show_job(settings: Settings, job_id: UUID, as_json: bool) -> str | None:
     with _uow(settings)() as jobs:
-        detail = jobs.full_detail(job_id)
+        detail = jobs.detail(job_id)
     if detail is None:
         return None
     if as_json:

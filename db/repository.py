@@ -8,7 +8,6 @@ compare-and-set on its state, and for stage workers on its fence too: zero rows 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -367,7 +366,8 @@ class JobRepository:
             .order_by(jobs.c.created_at, jobs.c.job_id)).scalars())
         result = (self._output(job_id, State.COSTING)
                   if job.current_state is State.COMPLETED else None)
-        return JobDetail(job, transitions, stages, result, redrives=redrives)
+        return JobDetail(job, transitions, stages, result, redrives=redrives,
+                         notification=self.notification(job_id))
 
     def list_jobs(self, state: State | None, limit: int,
                   after: tuple[datetime, UUID] | None) -> list[Job]:
@@ -460,14 +460,6 @@ class JobRepository:
     def skip_events(self, limit: int, reason: str) -> list[tuple[UUID, UUID, str | None]]:
         return [(r[0], r[1], r[2]) for r in self.c.execute(
             _SKIP_EVENTS, {"limit": limit, "reason": reason})]
-
-    def full_detail(self, job_id: UUID) -> JobDetail | None:
-        """:meth:`detail` with the terminal event's delivery (what the API and ``jobs
-        show`` give)."""
-        detail = self.detail(job_id)
-        if detail is None:
-            return None
-        return replace(detail, notification=self.notification(job_id))
 
     def notification(self, job_id: UUID) -> Notification | None:
         e = job_events.c

@@ -119,11 +119,10 @@ def redrive_job(uow: UnitOfWork, enqueue: Enqueuer, job_id: UUID, new_id: UUID,
     resumes_at = next((s for s in STAGE_STATES if s.value not in succeeded), State.COMPLETED)
     if existing is not None and existing.redriven_from != job_id:
         raise JobIdInUse(str(new_id), f"is another job, not a redrive of {job_id}")
-    if existing is None and old.job.current_state is not State.FAILED:
-        raise NotFailed(str(job_id), old.job.current_state.value)
-    if existing is not None and existing.current_state is not State.UPLOADED:
+    if existing is not None:  # a repeated call (start_job inserts and moves at once)
         return RedriveResult(existing, started=False, resumes_at=resumes_at)
-    # (a redrive left in UPLOADED by a crash right after its insert is started now)
+    if old.job.current_state is not State.FAILED:
+        raise NotFailed(str(job_id), old.job.current_state.value)
     with job_context(new_id, old.job.correlation_id):
         log_event(log, "job.redrive", redriven_from=str(job_id), resumes_at=resumes_at.value)
     result = start_job(uow, enqueue, new_id, old.job.input, old.job.correlation_id,
