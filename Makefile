@@ -8,12 +8,14 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-# Pinned versions from requirements.lock, then the project itself (editable, no deps, so
-# nothing unpinned sneaks in). Re-runs only when the lock or pyproject changes.
-$(STAMP): requirements.lock pyproject.toml
+# Pinned versions from requirements-dev.lock (which includes requirements.lock, the runtime:
+# a developer's .venv holds both, the image only the runtime), then the project itself
+# (editable, no deps, so nothing unpinned sneaks in). Re-runs only when a lock or pyproject
+# changes.
+$(STAMP): requirements.lock requirements-dev.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed: set PYTHON=python3.11 (found " + sys.version.split()[0] + ")")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -qq --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install -qq --disable-pip-version-check -r requirements-dev.lock
 	$(BIN)/python -m pip install -qq --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 
