@@ -49,7 +49,7 @@ def create_app(settings: Settings, *, enqueuer: Enqueuer | None = None,
         from tasks.chain import make_enqueuer
 
         enqueuer = make_enqueuer(settings)
-    metrics = Metrics(uow)
+    metrics = Metrics(uow, redis_client, settings.metrics_key_prefix)
     broker_app = getattr(enqueuer, "app", None)
     if broker_app is None:
         from tasks.chain import create_sender_app

@@ -13,13 +13,19 @@ serves it, adds up the files of them all (``MultiProcessCollector``). Any other 
 tree that writes to the same directory (e.g. worker processes, later) is added up too.
 Without the variable (the Flask test client, several apps in one process) each app counts
 in a registry of its own, in memory.
+
+The workers' stage metrics run on other hosts, so they come through Redis: every worker
+process adds its counts up there (:mod:`tasks.metrics`) and :class:`_StageMetrics` reads
+the sums at scrape time, in one round trip.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 
+import redis
 from flask import Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -29,16 +35,34 @@ from prometheus_client import (
     generate_latest,
     values,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from db.job_counts import jobs_by_state
 from db.outbox import outbox_backlog
 from db.uow import PostgresUnitOfWork
+from orchestrator.logs import log_event
+from orchestrator.metrics import Key, decode, families
 from orchestrator.states import State
 
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+log = logging.getLogger(__name__)
+
+#: The live processes' in-flight counts, pruning the processes whose key expired (dead,
+#: or silent for three flush intervals): KEYS[1] the set of processes, ARGV[1] the prefix
+#: of their keys. Returns [stage, count, stage, count, ...] over every live process.
+_IN_FLIGHT_SCRIPT = """
+local out = {}
+for _, process in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local counts = redis.call('HGETALL', ARGV[1] .. process)
+  if #counts == 0 then
+    redis.call('SREM', KEYS[1], process)
+  end
+  for i = 1, #counts do out[#out + 1] = counts[i] end
+end
+return out
+"""
 
 
 class _JobsByState(Collector):
@@ -87,6 +111,40 @@ class _OutboxBacklog(Collector):
             value=backlog["enqueues_pending"])
 
 
+class _StageMetrics(Collector):
+    """The workers' stage metrics summed in Redis (layout in :mod:`tasks.metrics`): the
+    counters' hash and the live processes' in-flight counts in one pipelined round trip.
+    Redis restarted empty reads as counters back at 0: a counter reset to ``rate()``."""
+
+    def __init__(self, client: redis.Redis, prefix: str):
+        self.client, self.prefix = client, prefix
+        self.in_flight = client.register_script(_IN_FLIGHT_SCRIPT)
+        self._failing = False
+
+    def read(self) -> tuple[dict[Key, float], dict[str, float]]:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(f"{self.prefix}counters")
+        self.in_flight(keys=[f"{self.prefix}inflight:processes"],
+                       args=[f"{self.prefix}inflight:"], client=pipe)
+        raw, flat = pipe.execute()
+        totals = {decode(field.decode()): float(value) for field, value in raw.items()}
+        in_flight: dict[str, float] = {}
+        for stage, count in zip(flat[::2], flat[1::2], strict=True):
+            in_flight[stage.decode()] = in_flight.get(stage.decode(), 0) + int(count)
+        return totals, in_flight
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            totals, in_flight = self.read()
+        except redis.RedisError as exc:  # Redis away: say nothing rather than fail the scrape
+            if not self._failing:
+                log_event(log, "metrics.read_failed", logging.WARNING, error=repr(exc))
+            self._failing = True
+            return
+        self._failing = False
+        yield from families(totals, in_flight)
+
+
 def multiprocess_dir() -> str | None:
     """The directory every process's values are added up from, or None for in-process
     counting. Refuses a directory prometheus_client does not write to: one set after it
@@ -105,7 +163,8 @@ class Metrics:
     app, so several apps in one process do not collide. Multiprocess: the scrape reads
     the directory (every process's counters) and the jobs gauge, nothing in memory."""
 
-    def __init__(self, uow: PostgresUnitOfWork):
+    def __init__(self, uow: PostgresUnitOfWork, redis_client: redis.Redis | None = None,
+                 stage_prefix: str = "metrics:"):
         self.registry = CollectorRegistry()
         directory = multiprocess_dir()
         if directory:
@@ -119,6 +178,8 @@ class Metrics:
                                  ["route"], registry=counters)
         self.registry.register(_JobsByState(uow))
         self.registry.register(_OutboxBacklog(uow))
+        if redis_client is not None:
+            self.registry.register(_StageMetrics(redis_client, stage_prefix))
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()

@@ -155,3 +155,20 @@ class Downstream(Protocol):
                  ) -> dict[str, Any]:
         """POST one attempt; the output, or a TransientStageError/PermanentStageError
         whose message says ``attempt n/allowed``."""
+
+
+class StageMetrics(Protocol):
+    """Where the runner counts what it logs (:mod:`orchestrator.metrics`): in memory, a
+    microsecond a call, never I/O on the stage's thread."""
+
+    def attempt(self, stage: str, outcome: str, seconds: float) -> None: ...
+
+    def retry(self, stage: str) -> None: ...
+
+    def timeout(self, stage: str) -> None: ...
+
+    def gave_up(self, stage: str) -> None: ...
+
+    def lock_lost(self, stage: str) -> None: ...
+
+    def fenced(self, stage: str) -> None: ...

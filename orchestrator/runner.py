@@ -37,9 +37,10 @@ from orchestrator.errors import (
     TransientStageError,
 )
 from orchestrator.logs import current_correlation_id, job_context, log_event
+from orchestrator.metrics import NO_METRICS, attempt_outcome
 from orchestrator.models import Job
 from orchestrator.outcomes import attempt_label, timeout_error
-from orchestrator.ports import Downstream, JobLock, LockFactory, UnitOfWork
+from orchestrator.ports import Downstream, JobLock, LockFactory, StageMetrics, UnitOfWork
 from orchestrator.settings import Settings
 from orchestrator.stages import StageSpec
 from orchestrator.states import State, next_state
@@ -90,6 +91,8 @@ class StageRunner:
     downstream: Downstream
     #: Exceptions meaning "this attempt's time is up" (Celery's SoftTimeLimitExceeded).
     timeout_errors: tuple[type[BaseException], ...] = ()
+    #: Where each logged stage event is counted too (orchestrator.metrics).
+    metrics: StageMetrics = NO_METRICS
 
     def run(self, job_id: UUID, state: State, correlation_id: str | None,
             task_id: str | None = None) -> Outcome:
@@ -135,6 +138,7 @@ class StageRunner:
         else:
             log_event(log, "lock.lost", logging.WARNING, stage=state.value,
                       error="lock expired or taken over before release")
+            self.metrics.lock_lost(state.value)
 
     def _skip(self, reason: str) -> Skipped:
         log_event(log, "stage.skipped", reason=reason)
@@ -192,6 +196,7 @@ class StageRunner:
                 log_event(log, "stage.cancelled", logging.WARNING, stage=state.value,
                           attempt=attempt, duration_ms=_ms(started), cancelled_by=who,
                           error=why)
+                self.metrics.attempt(state.value, "cancelled", time.monotonic() - started)
                 return Skipped("cancelled")
             except StageError as exc:
                 return self._attempt_failed(job, spec, fence, attempt, counts.failed, exc,
@@ -248,6 +253,8 @@ class StageRunner:
                 return self._fenced(spec, attempt)
         log_event(log, "stage.succeeded", stage=spec.name, attempt=attempt,
                   duration_ms=_ms(started))
+        self.metrics.attempt(spec.name, "reused" if reused_from else "success",
+                             time.monotonic() - started)
         log_event(log, "job.transition", from_state=spec.name, to_state=target.value,
                   stage=spec.name, attempt=attempt)
         return Advanced(target)
@@ -285,9 +292,11 @@ class StageRunner:
         if isinstance(exc, StageTimeout):
             log_event(log, "stage.timeout", logging.WARNING, stage=spec.name, attempt=attempt,
                       duration_ms=duration_ms, error=error)
+            self.metrics.timeout(spec.name)
         log_event(log, "stage.failed", logging.WARNING, stage=spec.name, attempt=attempt,
                   duration_ms=duration_ms, error=error, status=exc.status,
                   transient=isinstance(exc, TransientStageError))
+        self.metrics.attempt(spec.name, attempt_outcome(exc), duration_ms / 1000)
         if isinstance(exc, TransientStageError) and failures < spec.max_attempts:
             delay = retry_delay(failures, base=self.settings.retry_backoff_base,
                                 maximum=self.settings.retry_backoff_max,
@@ -298,6 +307,7 @@ class StageRunner:
                 jobs.finish_attempt(job.job_id, spec.name, attempt, success=False, error=error)
             log_event(log, "stage.retry_scheduled", stage=spec.name, attempt=attempt,
                       delay_s=round(delay, 3), retry=failures, error=error)
+            self.metrics.retry(spec.name)
             return RetryLater(delay, attempt)
         if isinstance(exc, PermanentStageError):
             message = error
@@ -314,6 +324,7 @@ class StageRunner:
         jobs.finish_attempt(job.job_id, state.value, attempt, success=False, error=message)
         log_event(log, "stage.gave_up", logging.ERROR, stage=state.value, attempt=attempt,
                   error=message)
+        self.metrics.gave_up(state.value)
         log_event(log, "job.transition", from_state=state.value, to_state=State.FAILED.value,
                   stage=state.value, attempt=attempt, error=message)
         return Failed(message)
@@ -321,6 +332,7 @@ class StageRunner:
     def _fenced(self, spec: StageSpec, attempt: int) -> Skipped:
         log_event(log, "stage.fenced_out", logging.WARNING, stage=spec.name, attempt=attempt,
                   reason="job changed state or owner while the stage ran; nothing written")
+        self.metrics.fenced(spec.name)
         return Skipped("fenced out")
 
 
@@ -383,6 +395,7 @@ class Heartbeat:
                 self.lost.set()
                 log_event(log, "lock.lost", logging.WARNING, stage=self.state.value,
                           error="lock expired or taken over while the stage ran")
+                self.runner.metrics.lock_lost(self.state.value)
                 return False
             with self.runner.uow() as jobs:
                 alive = jobs.heartbeat(self.job_id, self.state, self.fence)
@@ -390,6 +403,7 @@ class Heartbeat:
                 self.lost.set()
                 log_event(log, "stage.fenced_out", logging.WARNING, stage=self.state.value,
                           reason="job changed state or owner while the stage ran")
+                self.runner.metrics.fenced(self.state.value)
                 return False
             log_event(log, "lock.extended", logging.DEBUG, stage=self.state.value)
         except Exception as exc:  # Redis or PostgreSQL away for a moment: try next beat

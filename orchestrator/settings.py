@@ -136,6 +136,11 @@ class Settings:
     outbox_enqueue_after: float = 2.0
     startup_timeout: float = 30.0
     log_level: str = "INFO"
+    # Stage metrics (orchestrator.metrics, tasks.metrics): how often each worker process
+    # adds its counts up in Redis, under which prefix, and the worker's own port, if any.
+    metrics_flush_interval: float = 5.0
+    metrics_key_prefix: str = "metrics:"
+    worker_metrics_port: int | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -176,6 +181,7 @@ class Settings:
             **_notify_settings(env),
             startup_timeout=env.number("STARTUP_TIMEOUT", 30.0, minimum=0, maximum=86400),
             log_level=log_level,
+            **_metrics_settings(env),
         )
 
     def stage(self, state: State) -> StageSpec:
@@ -214,6 +220,29 @@ def _notify_settings(env: _Env) -> dict[str, Any]:
         outbox_interval=env.number("OUTBOX_INTERVAL", 1.0, minimum=0.05, maximum=3600),
         outbox_enqueue_after=env.number("OUTBOX_ENQUEUE_AFTER", 2.0, minimum=0.1,
                                         maximum=3600),
+    )
+
+
+#: The lock prefix's usual ending, replaced by "metrics:" to name the metrics' keys.
+_LOCK_ENDING = "job:lock:"
+
+
+def _metrics_settings(env: _Env) -> dict[str, Any]:
+    """METRICS_* and WORKER_METRICS_PORT. The metrics' Redis keys belong to the deployment
+    as its locks do: by default the lock prefix with ``job:lock:`` replaced by
+    ``metrics:`` (``job:lock:`` gives ``metrics:``), so two deployments sharing a Redis
+    that keep their locks apart keep their metrics apart too."""
+    lock_prefix = env.text("LOCK_KEY_PREFIX", _LOCK_ENDING)
+    if lock_prefix.endswith(_LOCK_ENDING):
+        derived = lock_prefix[: -len(_LOCK_ENDING)] + "metrics:"
+    else:
+        derived = lock_prefix + "metrics:"
+    port = env.raw("WORKER_METRICS_PORT")
+    return dict(
+        metrics_flush_interval=env.number("METRICS_FLUSH_INTERVAL", 5.0, minimum=0.05,
+                                          maximum=3600),
+        metrics_key_prefix=env.text("METRICS_KEY_PREFIX", derived),
+        worker_metrics_port=None if port is None else env.port("WORKER_METRICS_PORT", 0),
     )
 
 

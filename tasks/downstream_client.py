@@ -11,6 +11,7 @@ from uuid import UUID
 import requests
 
 from orchestrator.errors import StageCancelled
+from orchestrator.metrics import NO_METRICS, Recorder
 from orchestrator.outcomes import (
     attempt_label,
     classify_response,
@@ -31,8 +32,10 @@ class HttpDownstream:
     pool is thread-safe, and sized for the threads that share it)."""
 
     def __init__(self, token: str | None, inflight: InFlight | None = None,
-                 connections: int = 10, max_output_bytes: int = 1 << 20):
+                 connections: int = 10, max_output_bytes: int = 1 << 20,
+                 metrics: Recorder = NO_METRICS):
         self.token = token
+        self.metrics = metrics
         self.max_output_bytes = max_output_bytes
         self.inflight = inflight or InFlight()
         self.session = requests.Session()
@@ -77,6 +80,7 @@ class HttpDownstream:
                 raise transport_error(spec, attempt,
                                       f"connection failed: {type(exc).__name__}",
                                       allowed) from exc
+        self.metrics.downstream_status(spec.name, response.status_code)
         if size > self.max_output_bytes and 200 <= response.status_code < 300:
             raise too_large_error(spec, attempt, size, self.max_output_bytes,
                                   declared=declared, allowed=allowed)

@@ -19,6 +19,7 @@ from celery import Celery, signals
 from orchestrator.logs import bind_job, configure_logging, log_event, unbind_job
 from orchestrator.settings import Settings
 from tasks.chain import configure_routing, task_name
+from tasks.metrics import Flusher, MetricsStep, start_process_flusher
 from tasks.recovery import RecoveryStep
 from tasks.relay import RelayStep
 from tasks.runtime import Runtime
@@ -76,6 +77,7 @@ def create_celery_app(settings: Settings) -> Celery:
         )
     app.steps["worker"].add(RecoveryStep)
     app.steps["worker"].add(RelayStep)
+    app.steps["worker"].add(MetricsStep)
     _connect_signals(app, settings)
     return app
 
@@ -84,8 +86,15 @@ def _connect_signals(app: Celery, settings: Settings) -> None:
     def setup_logging(**_: Any) -> None:
         configure_logging(settings.log_level)
 
+    child: list[Flusher] = []
+
     def process_init(**_: Any) -> None:
         app.runtime.after_fork()
+        child.append(start_process_flusher(app, app.runtime.metrics_dir))
+
+    def process_shutdown(**_: Any) -> None:
+        while child:  # a pool child's last counts
+            child.pop().stop()
 
     def ready(sender: Any = None, **_: Any) -> None:
         log_event(log, "worker.ready", queue=settings.celery_queue,
@@ -109,4 +118,6 @@ def _connect_signals(app: Celery, settings: Settings) -> None:
     signals.task_postrun.connect(postrun, weak=False, dispatch_uid=f"{uid}-postrun")
     signals.setup_logging.connect(setup_logging, weak=False, dispatch_uid=f"{uid}-log")
     signals.worker_process_init.connect(process_init, weak=False, dispatch_uid=f"{uid}-fork")
+    signals.worker_process_shutdown.connect(process_shutdown, weak=False,
+                                            dispatch_uid=f"{uid}-exit")
     signals.worker_ready.connect(ready, weak=False, dispatch_uid=f"{uid}-ready")

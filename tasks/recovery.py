@@ -29,6 +29,7 @@ def recovery_pass(app: Celery) -> int:
                       stale_after=runtime.settings.recovery_stale_after)
     log_event(log, "recovery.pass", logging.INFO if resumed else logging.DEBUG,
               resumed=len(resumed))
+    runtime.metrics.recovered(len(resumed))
     return len(resumed)
 
 

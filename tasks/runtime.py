@@ -8,12 +8,14 @@ connection inherited across a fork would be shared by two processes, so each chi
 from __future__ import annotations
 
 from functools import cached_property
+from pathlib import Path
 
 import redis
 from sqlalchemy import Engine
 
 from db.engine import make_engine
 from db.uow import PostgresUnitOfWork
+from orchestrator.metrics import Recorder
 from orchestrator.settings import Settings
 from tasks.downstream_client import HttpDownstream
 from tasks.inflight import InFlight
@@ -28,6 +30,9 @@ class Runtime:
         #: Stages this process runs at once: the worker's concurrency under a threads
         #: pool (or in the API, which runs none), one in a prefork child.
         self.stages_per_process = settings.worker_concurrency
+        #: Where this worker's processes write their metrics' totals for its own endpoint
+        #: (``WORKER_METRICS_PORT``; set by :class:`tasks.metrics.MetricsStep`), or None.
+        self.metrics_dir: Path | None = None
 
     def after_fork(self) -> None:
         """Drop what the parent process made; called in each new pool child
@@ -36,7 +41,8 @@ class Runtime:
         engine: Engine | None = self.__dict__.get("engine")
         if engine is not None:
             engine.dispose(close=False)
-        for name in ("engine", "uow", "redis", "locks", "inflight", "downstream"):
+        # (the metrics too: the parent's pending counts are the parent's to flush)
+        for name in ("engine", "uow", "redis", "locks", "inflight", "downstream", "metrics"):
             self.__dict__.pop(name, None)
         self.stages_per_process = 1
 
@@ -71,7 +77,13 @@ class Runtime:
         return InFlight()
 
     @cached_property
+    def metrics(self) -> Recorder:
+        """This process's stage metrics, in memory until flushed (:mod:`tasks.metrics`)."""
+        return Recorder()
+
+    @cached_property
     def downstream(self) -> HttpDownstream:
         return HttpDownstream(self.settings.downstream_token, self.inflight,
                               connections=self.stages_per_process,
-                              max_output_bytes=self.settings.max_stage_output_bytes)
+                              max_output_bytes=self.settings.max_stage_output_bytes,
+                              metrics=self.metrics)

@@ -31,13 +31,14 @@ log = logging.getLogger(__name__)
 def _runner(app: Celery) -> StageRunner:
     runtime = app.runtime
     return StageRunner(runtime.settings, runtime.uow, runtime.locks, runtime.downstream,
-                       timeout_errors=(SoftTimeLimitExceeded,))
+                       timeout_errors=(SoftTimeLimitExceeded,), metrics=runtime.metrics)
 
 
 def run_stage_task(task: Task, state: State, job_id: str, correlation_id: str | None
                    ) -> dict[str, Any]:
     try:
-        with task.app.runtime.inflight.track(task.request.id):
+        with (task.app.runtime.inflight.track(task.request.id),
+              task.app.runtime.metrics.in_flight(state.value)):
             outcome = _runner(task.app).run(UUID(job_id), state, correlation_id,
                                             task.request.id)
     except SoftTimeLimitExceeded:  # a second cancellation signal, after the runner's own
