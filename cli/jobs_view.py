@@ -53,16 +53,31 @@ def age(now: datetime, then: datetime) -> str:
 
 
 def show_job(settings: Settings, job_id: UUID, as_json: bool) -> str | None:
-    with _uow(settings)() as jobs:
-        detail = jobs.detail(job_id)
-    if detail is None:
-        return None
+    """The job's detail, and its Redis lock (:mod:`cli.unlock`): ``--json`` is the API's
+    detail with a ``lock`` object added."""
+    from cli.unlock import lock_summary
+
+    uow = _uow(settings)
+    try:
+        with uow() as jobs:
+            detail = jobs.detail(job_id)
+        if detail is None:
+            return None
+        with uow.engine.connect() as connection:
+            lock_line, lock_json = lock_summary(settings, connection, job_id)
+    finally:
+        uow.engine.dispose()
     if as_json:
-        return json.dumps(job_detail(detail), indent=2)
-    return _describe(detail)
+        return json.dumps({**job_detail(detail), "lock": lock_json}, indent=2)
+    return _describe(detail, lock_line)
 
 
-def _describe(detail: JobDetail) -> str:
+def operator() -> str:
+    """Who runs this command: ``user@host``, recorded with what an operator does."""
+    return f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+def _describe(detail: JobDetail, lock: str | None = None) -> str:
     job = detail.job
     lines = [
         f"job        {job.job_id}",
@@ -81,6 +96,10 @@ def _describe(detail: JobDetail) -> str:
         lines.append(f"redrives   {', '.join(str(r) for r in detail.redrives)}")
     if detail.notification is not None:
         lines.append(f"notified   {_notified(detail)}")
+    if lock is not None:
+        lines += textwrap.wrap(lock, WIDTH, initial_indent="lock       ",
+                               subsequent_indent="           ", break_long_words=False,
+                               break_on_hyphens=False)
     if job.error_message:
         lines += textwrap.wrap(job.error_message, WIDTH, initial_indent="error      ",
                                subsequent_indent="           ", break_long_words=False,
@@ -130,7 +149,7 @@ def fail(settings: Settings, job_id: UUID, message: str) -> str:
     from orchestrator.service import fail_job
     from tasks.chain import make_enqueuer
 
-    who = f"failed by operator via the CLI ({getpass.getuser()}@{socket.gethostname()})"
+    who = f"failed by operator via the CLI ({operator()})"
     job = fail_job(_uow(settings), job_id, message, cancel=make_enqueuer(settings).cancel,
                    reason=who)
     return f"job {job.job_id}: {job.previous_state.value if job.previous_state else '?'} → " \

@@ -186,6 +186,28 @@ def recover() -> None:
 
 
 @main.command()
+@click.argument("job_id", type=click.UUID)
+@click.option("--force", is_flag=True,
+              help="Remove it even though its holder still heartbeats (it stops at its next "
+                   "renewal; the fence keeps out its writes once the job is claimed again).")
+@clear_errors
+@needs(POSTGRES, REDIS)
+def unlock(job_id: UUID, force: bool) -> None:
+    """Remove a job's Redis lock that was not released: at once when no live attempt holds
+    it (its holder stopped heartbeating, or none is running); one still heartbeating only
+    with --force. Recovery then resumes the job. Exits 1 if the job is unknown or the lock
+    is refused, 0 when it is removed or already free."""
+    from cli.jobs_view import operator
+    from cli.unlock import unlock as remove
+
+    settings = settings_from_env()
+    configure_logging(settings.log_level)
+    done = remove(settings, job_id, force=force, operator=operator())
+    click.echo(done.message, err=done.code != 0)
+    sys.exit(done.code)
+
+
+@main.command()
 @clear_errors
 def downstream() -> None:
     """Serve the reference downstream services on DOWNSTREAM_PORT (default 8002)."""
@@ -252,7 +274,8 @@ def jobs_list(state: str | None, limit: int, as_json: bool) -> None:
 @clear_errors
 @needs(POSTGRES)
 def jobs_show(job_id: UUID, as_json: bool) -> None:
-    """A job's state, transitions and every stage attempt with its duration and error."""
+    """A job's state, its lock (holder, TTL, last heartbeat), transitions and every stage
+    attempt with its duration and error."""
     from cli.jobs_view import show_job
 
     text = show_job(settings_from_env(), job_id, as_json)
