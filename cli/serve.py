@@ -7,7 +7,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,6 +92,24 @@ def _metrics_hooks(metrics: MetricsDir) -> dict[str, Callable[..., None]]:
     return {"child_exit": child_exit, "on_exit": on_exit}
 
 
+def control_socket_path(port: int, environ: Mapping[str, str] | None = None) -> Path:
+    """Where the gunicorn serving ``port`` puts its control socket (``gunicornc -s PATH``):
+    gunicorn's own directory for it (``$XDG_RUNTIME_DIR``, else ``~/.gunicorn``), but a
+    name of this server's own. Gunicorn's default, one ``gunicorn.ctl`` per user, is shared
+    by every server of that user: the API and the reference services on one host (``up``,
+    the tests, a bare-metal install) each took it from the other at start-up (the last one
+    wins, so ``gunicornc`` reached the wrong server) and removed it at exit (stopping one
+    left the other without any). Two servers cannot listen on one port, so the port names
+    one."""
+    environ = os.environ if environ is None else environ
+    runtime = environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isdir(runtime):
+        directory = Path(runtime)
+    else:
+        directory = Path(environ.get("HOME") or Path.home()) / ".gunicorn"
+    return directory / f"orchestrator-{port}.ctl"
+
+
 def serve(factory: Callable[[], Flask], *, host: str, port: int, workers: int,
           on_starting: Callable[[Any], None] | None = None,
           metrics: MetricsDir | None = None) -> None:
@@ -107,6 +125,7 @@ def serve(factory: Callable[[], Flask], *, host: str, port: int, workers: int,
         "timeout": 60,
         "logger_class": JsonLogger,
         "accesslog": None,
+        "control_socket": str(control_socket_path(port)),
     }
     if on_starting:
         options["on_starting"] = on_starting
