@@ -29,6 +29,7 @@ from typing import Any
 from uuid import UUID
 
 from orchestrator.backoff import retry_delay
+from orchestrator.deferred import DeferredThread, start_at
 from orchestrator.errors import (
     PermanentStageError,
     StageCancelled,
@@ -359,24 +360,24 @@ class Heartbeat:
         self.started = clock()
         self.lost = threading.Event()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id}",
-                                        daemon=True)
+        self._interval = runner.settings.lock_ttl / 3
+        # Its thread starts when the first beat is due: most stages end before that and
+        # never get one (orchestrator.deferred).
+        self._thread = DeferredThread(self._beat, name=f"heartbeat-{job_id}")
         self._context: tuple[str, str | None] = (str(job_id), None)
 
     def __enter__(self) -> Heartbeat:
         self._context = (str(self.job_id), current_correlation_id())
-        self._thread.start()
+        start_at(time.monotonic() + self._interval, self._thread)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+        self._thread.cancel(self._stop.set)
 
     def _beat(self) -> None:
-        interval = self.runner.settings.lock_ttl / 3
         with job_context(*self._context):
-            while not self._stop.wait(interval):
-                if not self._beat_once():
+            while not self._stop.is_set() and self._beat_once():
+                if self._stop.wait(self._interval):
                     return
 
     def _beat_once(self) -> bool:

@@ -3,6 +3,7 @@ compare-and-set that can miss, the lock's two ways to be lost, and the time limi
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from uuid import UUID, uuid4
@@ -558,3 +559,28 @@ def test_hard_timeout_of_a_fenced_out_attempt_writes_nothing_and_keeps_the_lock(
     assert outcome == Skipped("fenced out")
     assert w.uow.snapshot() == before
     assert w.locks.forced == [] and w.locks.owners[job_id] == "the new owner"
+
+
+def test_a_stage_shorter_than_a_heartbeat_interval_never_starts_a_heartbeat_thread(
+        ) -> None:
+    # Given stages that end well within LOCK_TTL/3 (10 s)
+    started: list[str] = []
+    original = threading.Thread.start
+
+    def recording_start(thread: threading.Thread) -> None:
+        started.append(thread.name)
+        original(thread)
+
+    w = world(Reply.ok(), Reply.ok(), LOCK_TTL="30")
+    jobs = [w.uow.add_job(State.PLANNING) for _ in range(2)]
+    threading.Thread.start = recording_start  # type: ignore[method-assign]
+    try:
+        for job_id in jobs:
+            assert w.run(job_id, State.PLANNING) == Advanced(State.PARSING)
+    finally:
+        threading.Thread.start = original  # type: ignore[method-assign]
+
+    # Then no heartbeat thread was started for them (the lock was never extended either)
+    assert not [name for name in started if name.startswith("heartbeat-") and
+                name != "heartbeat-starter"]
+    assert w.locks.extended == 0
