@@ -85,7 +85,8 @@ class Deployment:
             shown = {k: v for k, v in last.get("samples", {}).items()
                      if k[0].startswith(("orchestrator_stage", "orchestrator_downstream",
                                          "orchestrator_lock", "orchestrator_fenced",
-                                         "orchestrator_recovery"))}
+                                         "orchestrator_recovery"))
+                     and not k[0].endswith("_bucket")}
             raise AssertionError(f"{what}; last scrape: {sorted(shown.items())}") from None
         return last["samples"]
 
