@@ -49,9 +49,17 @@ class Holder:
     task_id: str | None
     started_at: datetime
 
+    #: Where its Celery task runs, as the workers said when asked (:func:`running_on`):
+    #: ``celery@host pid 123``, "" when none said it runs it, None when not asked or no
+    #: answer could be had.
+    worker: str | None = None
+
     def __str__(self) -> str:
         task = f", task {self.task_id}" if self.task_id else ""
-        return f"attempt {self.attempt} of {self.stage} (since {iso(self.started_at)}{task})"
+        where = {None: "", "": ", on no worker that answered"}.get(
+            self.worker, f", on {self.worker}")
+        return (f"attempt {self.attempt} of {self.stage} (since {iso(self.started_at)}"
+                f"{task}{where})")
 
 
 @dataclass(frozen=True)
@@ -100,7 +108,8 @@ class JobLock:
             return {"status": "free"}
         holder = None if self.holder is None else {
             "stage_name": self.holder.stage, "attempt_number": self.holder.attempt,
-            "celery_task_id": self.holder.task_id, "started_at": iso(self.holder.started_at)}
+            "celery_task_id": self.holder.task_id, "started_at": iso(self.holder.started_at),
+            "running_on": self.holder.worker}
         return {"status": "held" if self.live else "stale", "key": self.key,
                 "ttl_s": None if self.ttl is None else round(self.ttl, 3), "holder": holder,
                 "heartbeat_age_s": round(self.quiet, 3), "heartbeat_interval_s": self.beat}
@@ -110,6 +119,26 @@ def redis_client(settings: Settings, timeout: float = 5.0) -> redis.Redis:
     assert settings.redis_url, "REDIS_URL is required"
     return redis.Redis.from_url(settings.redis_url, socket_timeout=timeout,
                                 socket_connect_timeout=timeout)
+
+
+def running_on(settings: Settings, task_id: str, timeout: float = 1.0) -> str | None:
+    """Which worker runs Celery task ``task_id`` now, by asking them all over the broker
+    (``celery -A tasks inspect query_task``): ``celery@host pid 123`` (the pool process's
+    pid), "" when no worker that answered within ``timeout`` runs it, None when the broker
+    cannot be asked. Only shown: whether a holder is alive is its heartbeat's to say."""
+    from tasks.chain import check_broker, create_sender_app
+
+    try:
+        app = create_sender_app(settings)
+        check_broker(app)  # bounded: the inspect below would retry a dead broker at length
+        replies = app.control.inspect(timeout=timeout).query_task(task_id) or {}
+    except Exception:  # the broker: only the line's detail depends on it
+        return None
+    for worker, tasks in replies.items():
+        state, info = (tasks or {}).get(task_id, (None, {}))
+        if state == "active":
+            return f"{worker} pid {info.get('worker_pid')}"
+    return ""
 
 
 def inspect(client: redis.Redis, connection: Connection, settings: Settings, job_id: UUID
@@ -135,7 +164,10 @@ def inspect(client: redis.Redis, connection: Connection, settings: Settings, job
     if row is None:
         return None
     state, correlation_id, quiet, stage, attempt, task_id, started_at = row
-    holder = Holder(stage, attempt, task_id, started_at) if stage is not None else None
+    holder = None
+    if stage is not None:
+        worker = running_on(settings, task_id) if token is not None and task_id else None
+        holder = Holder(stage, attempt, task_id, started_at, worker)
     return JobLock(job_id, key, token, pttl / 1000 if token is not None and pttl >= 0 else None,
                    State(state), correlation_id, holder, max(0.0, float(quiet)),
                    settings.lock_ttl / 3)

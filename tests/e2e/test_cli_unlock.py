@@ -100,12 +100,16 @@ def test_a_live_holder_is_shown_refused_and_removed_only_by_force(stack, downstr
 
         # The operator sees who holds the lock, for how long still, and its heartbeat
         line = lock_line(cli(env, "jobs", "show", str(job_id)))
+        where = re.escape(f"on cli-unlock-worker@{socket.gethostname()} pid {worker.proc.pid}")
         assert re.fullmatch(r"held \(ttl [\d.]+ s\) by attempt 1 of PLANNING \(since \S+Z, "
-                            r"task [0-9a-f-]{36}\), heartbeat [\d.]+ s ago", line), line
+                            rf"task [0-9a-f-]{{36}}, {where}\), heartbeat [\d.]+ s ago",
+                            line), line
         lock = shown_lock(env, job_id)
         assert lock["status"] == "held" and lock["key"] == lock_key(env, job_id)
         assert (lock["holder"]["stage_name"], lock["holder"]["attempt_number"]) == (
             "PLANNING", 1)
+        assert lock["holder"]["running_on"] == (
+            f"cli-unlock-worker@{socket.gethostname()} pid {worker.proc.pid}")
         assert 0 < lock["ttl_s"] <= 36 and lock["heartbeat_age_s"] < 24
         assert lock["heartbeat_interval_s"] == 12
 
@@ -175,7 +179,8 @@ def test_a_killed_workers_lock_goes_without_force_once_its_heartbeat_stopped(
                  "the lock to be shown stale", interval=1)
         assert api.job(job_id)["current_state"] == "PLANNING"
         line = lock_line(cli(env, "jobs", "show", str(job_id)))
-        assert re.fullmatch(r"held \(ttl [\d.]+ s\) by attempt 1 of PLANNING \(.*\), stale: "
+        assert re.fullmatch(r"held \(ttl [\d.]+ s\) by attempt 1 of PLANNING \(since \S+Z, "
+                            r"task [0-9a-f-]{36}, on no worker that answered\), stale: "
                             r"no heartbeat for \d+ s \(one is due every 12 s, LOCK_TTL/3\); "
                             rf"`orchestrator unlock {job_id}` removes it", line), line
         removed = cli(env, "unlock", str(job_id))
