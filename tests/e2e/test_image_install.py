@@ -16,6 +16,7 @@ import fnmatch
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import uuid
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 from gunicorn.ctl.client import ControlClient, ControlClientError
 
 from cli.embedded import free_port
@@ -200,8 +202,9 @@ def test_migrate_worker_api_and_downstream_run_a_job_from_the_install(
             running.callback(service.stop)
             return service
 
-        worker = start("worker", "worker", "--hostname", "image@%h", "--without-gossip",
-                       "--without-mingle")
+        # The node name left to Celery (celery@<hostname>), as in the container: the
+        # compose healthcheck pings it by that name.
+        worker = start("worker", "worker", "--without-gossip", "--without-mingle")
         api = start("api", "api")
         reference = start("downstream", "downstream")
         worker.wait_event("worker.ready", timeout=90)
@@ -216,6 +219,10 @@ def test_migrate_worker_api_and_downstream_run_a_job_from_the_install(
         assert sorted(answering.values()) == sorted([api_port, downstream_port]), answering
         assert answering[control_socket_path(api_port, env)] == api_port
         assert answering[control_socket_path(downstream_port, env)] == downstream_port
+
+        # docker-compose.yml's healthchecks, run against these servers, say healthy.
+        for name in ("worker", "api", "downstream"):
+            healthcheck(name, env, installed, {8001: api_port, 8002: downstream_port})
 
         # A sample plan through every stage: the catalog and the samples ship too.
         job_id = uuid.uuid4()
@@ -236,6 +243,23 @@ def test_migrate_worker_api_and_downstream_run_a_job_from_the_install(
         reference.signal(signal.SIGTERM)
         reference.proc.wait(timeout=40)
         assert sockets_answering(home) == {control_socket_path(api_port, env): api_port}
+
+
+def healthcheck(service: str, env: dict[str, str], installed: Installed,
+                ports: dict[int, int]) -> None:
+    """Run ``service``'s healthcheck of docker-compose.yml here, as the container would
+    (the image's commands first on PATH, $HOSTNAME the node's host), on these ports."""
+    test = yaml.safe_load((ROOT / "docker-compose.yml").read_text())[
+        "services"][service]["healthcheck"]["test"]
+    argv = ["sh", "-c", test[1].replace("$$", "$")] if test[0] == "CMD-SHELL" else test[1:]
+    for container_port, port in ports.items():
+        argv = [a.replace(f"127.0.0.1:{container_port}/", f"127.0.0.1:{port}/") for a in argv]
+    result = subprocess.run(argv, cwd=installed.outside, capture_output=True, text=True,
+                            timeout=60, env={**env, "HOSTNAME": socket.gethostname(),
+                                             "PATH": f"{installed.venv / 'bin'}:"
+                                                     f"{env.get('PATH', '')}"})
+    assert result.returncode == 0, f"{service}'s healthcheck {argv} exited " \
+                                   f"{result.returncode}:\n{result.stdout}{result.stderr}"
 
 
 def sockets_answering(home: Path) -> dict[Path, int]:
