@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import os
+import re
 import shutil
 import signal
 import socket
@@ -167,6 +168,32 @@ def test_up_without_the_local_extra_says_which_extra_to_install(installed: Insta
     assert len(lines) == 1, result.stderr
     assert "DATABASE_URL" in lines[0] and "pgserver" in lines[0]
     assert "job-orchestrator[local]" in lines[0]
+
+
+def test_flower_from_the_install_asks_for_the_password_compose_gives_it(
+        installed: Installed, orchestrator_env: dict[str, str], tmp_path: Path):
+    """Compose's flower service: `celery -A tasks flower` with FLOWER_BASIC_AUTH. Its UI
+    and its HTTP API refuse a client without the password; its healthcheck needs none."""
+    flower = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["flower"]
+    credentials = re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1",
+                         flower["environment"]["FLOWER_BASIC_AUTH"])
+    user, _, password = credentials.partition(":")
+    port = free_port()
+    argv = [installed.bin(flower["entrypoint"][0]), *flower["entrypoint"][1:-1],
+            f"--port={port}", "--address=127.0.0.1"]
+    service = OutsideService("flower", argv, clean_env(**orchestrator_env,
+                                                       FLOWER_BASIC_AUTH=credentials),
+                             tmp_path, installed.outside)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_http(service, f"{base}/healthcheck", "Flower's /healthcheck")
+        assert requests.get(f"{base}/", timeout=5).status_code == 401
+        assert requests.get(f"{base}/api/workers", timeout=5).status_code == 401
+        assert requests.get(f"{base}/", auth=(user, "wrong"), timeout=5).status_code == 401
+        assert requests.get(f"{base}/api/workers", auth=(user, password),
+                            timeout=10).status_code == 200
+    finally:
+        service.stop()
 
 
 @pytest.fixture
