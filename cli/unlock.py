@@ -131,13 +131,17 @@ def running_on(settings: Settings, task_id: str, timeout: float = 1.0) -> str | 
     try:
         app = create_sender_app(settings)
         check_broker(app)  # bounded: the inspect below would retry a dead broker at length
-        replies = app.control.inspect(timeout=timeout).query_task(task_id) or {}
+        # broadcast, not inspect(): inspect merges the replies by node name, and two
+        # workers left with the same name (celery@host) would hide each other's.
+        replies = app.control.broadcast("query_task", arguments={"ids": [task_id]},
+                                        reply=True, timeout=timeout) or []
     except Exception:  # the broker: only the line's detail depends on it
         return None
-    for worker, tasks in replies.items():
-        state, info = (tasks or {}).get(task_id, (None, {}))
-        if state == "active":
-            return f"{worker} pid {info.get('worker_pid')}"
+    for reply in replies:
+        for worker, tasks in reply.items():
+            state, info = (tasks or {}).get(task_id, (None, {}))
+            if state == "active":
+                return f"{worker} pid {info.get('worker_pid')}"
     return ""
 
 
