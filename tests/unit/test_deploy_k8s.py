@@ -1,4 +1,5 @@
-"""deploy/k8s holds what `kubectl apply -k deploy/k8s` deploys. No cluster and no
+"""deploy/k8s holds what `kubectl apply -k deploy/k8s` deploys (and deploy/k8s/flower, the
+optional Flower). No cluster and no
 container engine here, so the manifests are checked as data: against the Kubernetes API
 schemas of one pinned version (kubernetes-validate, strict), and against the product
 itself for what a schema cannot see: the API probed on the port it really listens on,
@@ -17,6 +18,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from flower.options import options as flower_options
 
 from api.openapi import openapi_document
 from cli.main import main as orchestrator_cli
@@ -28,6 +30,8 @@ from orchestrator.states import State
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
+#: Each a kustomization: the stack, and the optional Flower beside it.
+KUSTOMIZATIONS = [K8S, K8S / "flower"]
 #: The Kubernetes version the manifests are written for (and validated against).
 KUBERNETES_VERSION = "1.34.0"
 #: Not applied by the kustomization: the operator creates the Secret (it says how).
@@ -37,7 +41,7 @@ UID = GID = 10001
 #: Settings that carry credentials (Settings' fields kept out of repr): only by secretKeyRef.
 SECRET_VARIABLES = {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL",
                     "ORCHESTRATOR_API_TOKENS", "DOWNSTREAM_TOKEN", "NOTIFY_URL",
-                    "NOTIFY_SECRET"}
+                    "NOTIFY_SECRET", "FLOWER_BASIC_AUTH"}
 #: Variables the processes read that are not settings of orchestrator/settings.py.
 NOT_SETTINGS = {
     METRICS_DIR_VARIABLE,  # the API's prometheus multiprocess directory (cli/serve.py)
@@ -53,17 +57,18 @@ def documents(path: Path) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
 
 
-def kustomization() -> dict[str, Any]:
-    return documents(K8S / "kustomization.yaml")[0]
+def kustomization(directory: Path = K8S) -> dict[str, Any]:
+    return documents(directory / "kustomization.yaml")[0]
 
 
-def manifest_files() -> list[Path]:
-    return sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+def manifest_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.glob("*.yaml") if p.name != "kustomization.yaml")
 
 
 def applied() -> list[dict[str, Any]]:
-    """Every object the kustomization applies."""
-    return [d for name in kustomization()["resources"] for d in documents(K8S / name)]
+    """Every object the kustomizations apply."""
+    return [d for directory in KUSTOMIZATIONS for name in kustomization(directory)["resources"]
+            for d in documents(directory / name)]
 
 
 def objects(kind: str) -> list[dict[str, Any]]:
@@ -89,7 +94,10 @@ def containers() -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
 
 
 def role(container: dict[str, Any]) -> str:
-    """The orchestrator subcommand a container runs."""
+    """The orchestrator subcommand a container runs, or ``flower``."""
+    if container["command"] == ["celery"]:
+        assert container["args"][:3] == ["-A", "tasks", "flower"], container["name"]
+        return "flower"
     assert container["command"] == ["orchestrator"], container["name"]
     return str(container["args"][0])
 
@@ -184,7 +192,8 @@ def stage_bound(settings: Settings, stages: list[State]) -> float:
 
 # --- Schema and kustomization -----------------------------------------------------------
 
-@pytest.mark.parametrize("path", manifest_files(), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [p for d in KUSTOMIZATIONS for p in manifest_files(d)],
+                         ids=lambda p: str(p.relative_to(K8S)))
 def test_every_manifest_is_valid_for_the_kubernetes_api(path: Path) -> None:
     docs = documents(path)
     assert docs, f"{path.name} is empty"
@@ -192,25 +201,28 @@ def test_every_manifest_is_valid_for_the_kubernetes_api(path: Path) -> None:
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
 
 
-def test_the_kustomization_lists_every_manifest_and_nothing_else() -> None:
-    k = kustomization()
+@pytest.mark.parametrize("directory", KUSTOMIZATIONS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_kustomization_lists_every_manifest_and_nothing_else(directory: Path) -> None:
+    k = kustomization(directory)
     assert (k["apiVersion"], k["kind"]) == ("kustomize.config.k8s.io/v1beta1", "Kustomization")
     listed = k["resources"]
     assert len(listed) == len(set(listed)), "a file listed twice"
-    missing = [name for name in listed if not (K8S / name).is_file()]
+    missing = [name for name in listed if not (directory / name).is_file()]
     assert missing == [], f"listed but absent: {missing}"
-    unlisted = {p.name for p in manifest_files()} - set(listed) - {SECRET_EXAMPLE.name}
-    assert unlisted == set(), f"in deploy/k8s but not in kustomization.yaml: {unlisted}"
+    unlisted = {p.name for p in manifest_files(directory)} - set(listed) - {SECRET_EXAMPLE.name}
+    assert unlisted == set(), f"in {directory} but not in its kustomization.yaml: {unlisted}"
     assert SECRET_EXAMPLE.name not in listed, "credentials must not be applied from git"
     assert k["namespace"] == the("Namespace", k["namespace"])["metadata"]["name"]
 
 
 def test_every_container_runs_the_image_the_kustomization_overrides() -> None:
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
-    [image] = kustomization()["images"]
+    images = {f"{i['name']}:{i['newTag']}" for d in KUSTOMIZATIONS
+              for i in kustomization(d)["images"]}
+    assert images == {f"job-orchestrator:{version}"}
     for where, _, container in containers():
-        assert container["image"] == f"{image['name']}:{version}", where
-        assert role(container) in orchestrator_cli.commands, where
+        assert container["image"] in images, where
+        assert role(container) in {*orchestrator_cli.commands, "flower"}, where
 
 
 # --- Labels, selectors, rollout order ----------------------------------------------------
@@ -305,6 +317,19 @@ def test_the_api_writes_its_metrics_on_a_volume_of_its_own() -> None:
     assert mounted_writable(spec, container, directory)
 
 
+def test_flower_is_probed_and_served_on_the_port_it_listens_on() -> None:
+    [(deployment, _, container)] = with_role("flower")
+    [port] = [a.removeprefix("--port=") for a in container["args"] if a.startswith("--port=")]
+    for kind in ("liveness", "readiness"):
+        probe = container[f"{kind}Probe"]["httpGet"]
+        assert port_number(container, probe["port"]) == int(port), kind
+    for service in objects("Service"):
+        if labels_match({"matchLabels": service["spec"]["selector"]},
+                        deployment["spec"]["template"]["metadata"]["labels"]):
+            for p in service["spec"]["ports"]:
+                assert port_number(container, p["targetPort"]) == int(port)
+
+
 # --- Workers -----------------------------------------------------------------------------
 
 def test_worker_pools_consume_real_stages_and_together_all_four() -> None:
@@ -334,8 +359,10 @@ def test_every_variable_is_one_the_product_reads() -> None:
     for d in objects("ConfigMap"):
         unknown = set(d["data"]) - known
         assert unknown == set(), f"ConfigMap/{d['metadata']['name']}: {unknown}"
+    flower = {f"FLOWER_{name.upper()}" for name in flower_options.as_dict()}
     for where, _, container in containers():
-        unknown = {e["name"] for e in container.get("env", [])} - known
+        own = known | (flower if role(container) == "flower" else set())
+        unknown = {e["name"] for e in container.get("env", [])} - own
         assert unknown == set(), f"{where}: {unknown}"
         Settings.from_env(environment(container))  # every value valid (ConfigError if not)
 
@@ -364,7 +391,7 @@ def test_credentials_come_only_from_the_secret() -> None:
 def test_each_role_gets_the_credentials_it_needs() -> None:
     for where, _, container in containers():
         settings = settings_of(container)
-        if role(container) in ("api", "worker"):
+        if role(container) in ("api", "worker", "flower"):
             settings.require_services()
         if role(container) == "api":
             settings.require_api_tokens()
@@ -372,6 +399,10 @@ def test_each_role_gets_the_credentials_it_needs() -> None:
             assert settings.downstream_token, f"{where}: DOWNSTREAM_TOKEN"
         if role(container) == "migrate":
             assert settings.database_url, where
+        if role(container) == "flower":
+            [auth] = [e["valueFrom"]["secretKeyRef"] for e in container["env"]
+                      if e["name"] == "FLOWER_BASIC_AUTH"]
+            assert not auth.get("optional"), f"{where}: no Flower without its password"
 
 
 # --- Security -----------------------------------------------------------------------------
