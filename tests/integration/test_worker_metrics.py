@@ -7,7 +7,9 @@ counts are exactly its jobs'. Every wait has a deadline; the flush interval is s
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -38,6 +40,23 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 def parse(text: str) -> Samples:
     return {(s.name, frozenset(s.labels.items())): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def exported_names(text: str) -> set[str]:
+    """Every series name a scrape exports, those of families with no series yet too."""
+    names: set[str] = set()
+    for family in text_string_to_metric_families(text):
+        names |= {s.name for s in family.samples}
+        names |= {"counter": {f"{family.name}_total"},
+                  "histogram": {f"{family.name}_{p}" for p in ("bucket", "sum", "count")}
+                  }.get(family.type, {family.name})
+    return names
+
+
+def dashboard_metric_names() -> set[str]:
+    board = json.loads((ROOT / "deploy/grafana/orchestrator-dashboard.json").read_text())
+    return {name for panel in board["panels"] for target in panel["targets"]
+            for name in re.findall(r"\borchestrator_[a-z_]+", target["expr"])}
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:
@@ -177,6 +196,9 @@ def test_the_api_serves_the_stage_metrics_of_a_few_jobs(deploy, downstream):
     assert [value(samples, "orchestrator_stages_in_flight", stage=s) for s in STAGES] == [
         0, 0, 0, 0]
     assert value(samples, "orchestrator_jobs", state="COMPLETED") == 3
+    # And the Grafana dashboard names only metrics this scrape exports
+    exported = exported_names(d.client.get("/metrics").get_data(as_text=True))
+    assert dashboard_metric_names() <= exported, dashboard_metric_names() - exported
 
 
 def test_a_stage_in_flight_shows_until_it_ends_or_its_worker_dies(deploy, downstream):
