@@ -95,7 +95,13 @@ class JobLock:
     def summary(self) -> str:
         """One line for ``jobs show``, after ``lock``."""
         if not self.held:
-            return "free"
+            if self.holder is None:
+                return "free"
+            # Its attempt is still open: the worker died or lost the lock (expired while
+            # it was paused), or recovery has just resumed the job.
+            return (f"free, but {self.holder} is still RUNNING, last heartbeat "
+                    f"{_s(self.quiet)} ago: its worker died or lost the lock; recovery "
+                    "resumes the job")
         ttl = f"ttl {self.ttl:.1f} s" if self.ttl is not None else "no ttl: never expires"
         if self.live:
             return f"held ({ttl}) by {self.holder}, heartbeat {_s(self.quiet)} ago"
@@ -104,12 +110,14 @@ class JobLock:
                 f"{self.job_id}` removes it")
 
     def to_json(self) -> dict[str, Any]:
-        if not self.held:
-            return {"status": "free"}
         holder = None if self.holder is None else {
             "stage_name": self.holder.stage, "attempt_number": self.holder.attempt,
             "celery_task_id": self.holder.task_id, "started_at": iso(self.holder.started_at),
             "running_on": self.holder.worker}
+        if not self.held:  # an attempt still open without the lock: its holder is gone
+            return {"status": "free"} if holder is None else {
+                "status": "free", "open_attempt": holder,
+                "heartbeat_age_s": round(self.quiet, 3)}
         return {"status": "held" if self.live else "stale", "key": self.key,
                 "ttl_s": None if self.ttl is None else round(self.ttl, 3), "holder": holder,
                 "heartbeat_age_s": round(self.quiet, 3), "heartbeat_interval_s": self.beat}
@@ -170,7 +178,7 @@ def inspect(client: redis.Redis, connection: Connection, settings: Settings, job
     state, correlation_id, quiet, stage, attempt, task_id, started_at = row
     holder = None
     if stage is not None:
-        worker = running_on(settings, task_id) if token is not None and task_id else None
+        worker = running_on(settings, task_id) if task_id else None
         holder = Holder(stage, attempt, task_id, started_at, worker)
     return JobLock(job_id, key, token, pttl / 1000 if token is not None and pttl >= 0 else None,
                    State(state), correlation_id, holder, max(0.0, float(quiet)),

@@ -171,30 +171,36 @@ def test_a_killed_workers_lock_goes_without_force_once_its_heartbeat_stopped(
     # While its last heartbeat is recent, a dead holder cannot be told from a live one
     assert cli(env, "unlock", str(job_id)).returncode == 1
     assert client.get(lock_key(env, job_id)) == token
-    # A worker standing by, whose recovery leaves the job alone while it is locked
+
+    # Two heartbeats missed: the lock is shown stale, and unlock removes it
+    holder = (r"attempt 1 of PLANNING \(since \S+Z, task [0-9a-f-]{36}, on no worker that "
+              r"answered\)")
+    wait_for(lambda: shown_lock(env, job_id)["status"] == "stale", 60,
+             "the lock to be shown stale", interval=1)
+    line = lock_line(cli(env, "jobs", "show", str(job_id)))
+    assert re.fullmatch(rf"held \(ttl [\d.]+ s\) by {holder}, stale: no heartbeat for \d+ s "
+                        r"\(one is due every 12 s, LOCK_TTL/3\); "
+                        rf"`orchestrator unlock {job_id}` removes it", line), line
+    removed = cli(env, "unlock", str(job_id))
+    assert removed.returncode == 0, removed.stderr
+    assert removed.stdout.startswith(
+        f"job {job_id}: removed the stale lock (no heartbeat for "), removed.stdout
+    [event] = [e for e in events(removed.stderr) if e["event"] == "lock.stale_released"]
+    assert (event["job_id"], event["operator"]) == (str(job_id), OPERATOR)
+    assert client.get(lock_key(env, job_id)) is None
+    client.close()
+    # The lock is free, the dead worker's attempt still open: shown as such
+    line = lock_line(cli(env, "jobs", "show", str(job_id)))
+    assert re.fullmatch(rf"free, but {holder} is still RUNNING, last heartbeat \d+ s ago: its "
+                        r"worker died or lost the lock; recovery resumes the job", line), line
+    assert shown_lock(env, job_id)["open_attempt"]["attempt_number"] == 1
+
+    # A worker's recovery resumes the job at once, and it ends right
     standby = start_worker("cli-unlock-standby", env, log_dir)
     try:
-        # Two heartbeats missed: the lock is shown stale, and unlock removes it
-        wait_for(lambda: shown_lock(env, job_id)["status"] == "stale", 60,
-                 "the lock to be shown stale", interval=1)
-        assert api.job(job_id)["current_state"] == "PLANNING"
-        line = lock_line(cli(env, "jobs", "show", str(job_id)))
-        assert re.fullmatch(r"held \(ttl [\d.]+ s\) by attempt 1 of PLANNING \(since \S+Z, "
-                            r"task [0-9a-f-]{36}, on no worker that answered\), stale: "
-                            r"no heartbeat for \d+ s \(one is due every 12 s, LOCK_TTL/3\); "
-                            rf"`orchestrator unlock {job_id}` removes it", line), line
-        removed = cli(env, "unlock", str(job_id))
-        assert removed.returncode == 0, removed.stderr
-        assert removed.stdout.startswith(
-            f"job {job_id}: removed the stale lock (no heartbeat for "), removed.stdout
-        [event] = [e for e in events(removed.stderr) if e["event"] == "lock.stale_released"]
-        assert (event["job_id"], event["operator"]) == (str(job_id), OPERATOR)
-
-        # The standby worker's recovery resumes the job at once, and it ends right
         job = api.wait_state(job_id, "COMPLETED", "FAILED", timeout=120)
     finally:
         standby.stop()
-        client.close()
     assert job["current_state"] == "COMPLETED"
     assert transitions(job) == HAPPY_PATH
     planning = [(a["attempt_number"], a["status"], a["error_message"])
