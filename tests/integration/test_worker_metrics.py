@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,7 +27,7 @@ from api.app import create_app
 from cli.embedded import free_port
 from orchestrator.settings import Settings
 from tests.conftest import make_env
-from tests.integration.conftest import Api, start_with_a_hang
+from tests.integration.conftest import Api, attempt_run, start_with_a_hang
 from tests.support.downstream_server import Reply, ScriptedDownstream
 from tests.support.processes import ROOT, Service, start_worker, wait_for
 
@@ -250,6 +252,53 @@ def test_the_counts_of_two_worker_processes_add_up(deploy, downstream):
     pids = {e["pid"] for w in (first, second) for e in w.events()
             if e.get("event") == "stage.succeeded"}
     assert len(pids) == 2
+
+
+def test_lock_losses_fenced_writes_and_recoveries_are_counted_as_logged(deploy, downstream):
+    # Given a worker A whose PARSING call hangs, frozen (SIGSTOP) past the lock's TTL, and
+    # a worker B that takes the job over (recovery) and calls the service again
+    d = deploy(LOCK_TTL=2, RECOVERY_STALE_AFTER=2, RECOVERY_INTERVAL=0.5,
+               PARSING_TIMEOUT=120)
+    a = d.worker("frozen")
+    job = uuid.uuid4()
+    stale, fresh = threading.Event(), threading.Event()
+    downstream.script(job, "PARSING", {1: Reply(release=stale, hang_for=600),
+                                       2: Reply(release=fresh, hang_for=600)})
+    try:
+        assert d.api.start(job).status_code == 202
+        first = downstream.wait_call(job, "PARSING", 1)
+        a.signal(signal.SIGSTOP)
+        try:
+            b = d.worker("taker")
+            downstream.wait_call(job, "PARSING", 2, timeout=60)
+            # When A wakes up to its stale answer
+            stale.set()
+            downstream.wait_ended(first)
+        finally:
+            a.signal(signal.SIGCONT)
+        wait_for(lambda: attempt_run(a, job, "PARSING", 1), 60, "A's PARSING run to end")
+    finally:
+        fresh.set()
+    d.api.wait_state(job, "COMPLETED", timeout=60)
+
+    # Then the metrics count exactly what the workers logged: A's lock losses and fenced
+    # writes, B's (and A's) recovery resumes
+    def logged(event: str) -> int:
+        return sum(1 for w in (a, b) for e in w.events()
+                   if e.get("event") == event and e.get("stage", "PARSING") == "PARSING")
+
+    def as_logged(s: Samples) -> bool:
+        return (value(s, "orchestrator_lock_losses_total", stage="PARSING")
+                == logged("lock.lost")
+                and value(s, "orchestrator_fenced_writes_total", stage="PARSING")
+                == logged("stage.fenced_out")
+                and value(s, "orchestrator_recovery_resumes_total")
+                == logged("recovery.resume")
+                and attempts(s, "COSTING", "success") == 1)
+
+    samples = d.wait_metrics(as_logged, "the metrics to match the logs")
+    assert value(samples, "orchestrator_lock_losses_total", stage="PARSING") >= 1
+    assert value(samples, "orchestrator_recovery_resumes_total") >= 1
 
 
 def test_a_worker_serves_its_own_metrics_on_worker_metrics_port(deploy, downstream):
