@@ -16,7 +16,7 @@ CLI = str(Path(sys.executable).parent / "orchestrator")
 CELERY = str(Path(sys.executable).parent / "celery")
 COMMANDS = [[], ["migrate"], ["api"], ["worker"], ["recover"], ["downstream"], ["up"],
             ["demo"], ["jobs"], ["jobs", "list"], ["jobs", "show"], ["jobs", "fail"],
-            ["jobs", "redrive"], ["jobs", "prune"]]
+            ["jobs", "redrive"], ["jobs", "prune"], ["unlock"]]
 
 
 @pytest.fixture(autouse=True)
