@@ -37,7 +37,8 @@ from tests.support.downstream_server import ScriptedDownstream
 from tests.support.processes import ROOT, Service, wait_for
 from tests.support.services import postgres_database
 
-pytestmark = pytest.mark.integration
+# The first test also pays for the install (seconds from pip's cache, minutes cold).
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 HEADERS = {"Authorization": f"Bearer {API_TOKEN}"}
 #: Generous: a cold pip cache builds the package and fetches setuptools for it.
 INSTALL_TIMEOUT = 600
