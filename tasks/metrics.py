@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from celery import bootsteps
+from celery import bootsteps, signals
 
 from orchestrator.logs import log_event
 from orchestrator.metrics import Key, Recorder, add_into, encode, families
@@ -209,7 +209,11 @@ class MetricsStep(bootsteps.StartStopStep):
     """The worker's metrics: the main process's flusher (it records hard time limits and
     recovery passes, and every stage under the threads pool), the pool children's (started
     after each fork, :func:`tasks.factory`), and with ``WORKER_METRICS_PORT`` the worker's
-    own endpoint. Its directory is made here, before the pool forks, so children know it."""
+    own endpoint. Its directory is made here, before the pool forks, so children know it.
+
+    The last flush waits for ``worker_shutdown``, which Celery sends once the pool has
+    drained, whatever order it stops its steps in: the ends of the stages a warm shutdown
+    lets finish must be counted too."""
 
     def __init__(self, worker: Any, **kwargs: Any):
         super().__init__(worker, **kwargs)
@@ -224,6 +228,7 @@ class MetricsStep(bootsteps.StartStopStep):
 
     def start(self, worker: Any) -> None:
         self.flusher = start_process_flusher(worker.app, self.directory)
+        signals.worker_shutdown.connect(self.after_drain, sender=worker, weak=False)
         if self.port is not None and self.directory is not None:
             from prometheus_client import CollectorRegistry, start_http_server
 
@@ -233,6 +238,13 @@ class MetricsStep(bootsteps.StartStopStep):
             log_event(log, "worker.metrics_serving", port=self.port)
 
     def stop(self, worker: Any) -> None:
+        # (a cold shutdown sends no worker_shutdown: flush what there is now; the thread
+        # goes on flushing while a warm one drains the pool)
+        if self.flusher is not None:
+            self.flusher.flush()
+
+    def after_drain(self, sender: Any = None, **_: Any) -> None:
+        """After the pool has drained: the last flush, then the endpoint goes."""
         if self.flusher is not None:
             self.flusher.stop()
             self.flusher = None

@@ -301,6 +301,25 @@ def test_lock_losses_fenced_writes_and_recoveries_are_counted_as_logged(deploy, 
     assert value(samples, "orchestrator_recovery_resumes_total") >= 1
 
 
+def test_a_stage_ending_during_a_warm_shutdown_is_counted(deploy, downstream):
+    # Given a worker that flushes only when it stops, with a PLANNING call in flight
+    d = deploy()
+    worker = d.worker("draining", env={"METRICS_FLUSH_INTERVAL": "3600"})
+    job = uuid.uuid4()
+    release = start_with_a_hang(d.api, downstream, job, "PLANNING")
+    # When it is told to stop (SIGTERM: a warm shutdown lets the stage finish) and the
+    # service answers only then
+    worker.signal(signal.SIGTERM)
+    wait_for(lambda: "Warm shutdown" in worker.log_path.read_text(), 30,
+             "the worker to begin its warm shutdown")
+    release.set()
+    worker.proc.wait(timeout=60)
+    # Then the attempt that ended while the pool drained is counted, and not in flight
+    d.wait_metrics(lambda s: attempts(s, "PLANNING", "success") == 1
+                   and value(s, "orchestrator_stages_in_flight", stage="PLANNING") == 0,
+                   "the drained attempt counted")
+
+
 def test_a_worker_serves_its_own_metrics_on_worker_metrics_port(deploy, downstream):
     # Given a prefork worker (stages in its pool children) with WORKER_METRICS_PORT
     port = free_port()
