@@ -29,6 +29,7 @@ import shutil
 import socket
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -160,35 +161,28 @@ class Flusher:
             log_event(log, "metrics.forget_failed", logging.WARNING, error=repr(exc))
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class SnapshotCollector:
     """The sum of the snapshots of one worker's processes, for its own endpoint: counters
     of every process that ever wrote one (a counter never goes down, and a dead pool
-    child's counts stay counted), in-flight stages of the live ones only."""
+    child's counts stay counted), in-flight stages of those that wrote theirs within the
+    last ``max_age`` seconds (as in Redis: a dead or stuck process's stages drop out)."""
 
-    def __init__(self, directory: Path):
-        self.directory = directory
+    def __init__(self, directory: Path, max_age: float):
+        self.directory, self.max_age = directory, max_age
 
     def collect(self) -> Iterator[Any]:
         totals: dict[Key, float] = {}
         in_flight: dict[str, float] = {}
+        now = time.time()
         for path in sorted(self.directory.glob("*.json")):
             try:
+                written = path.stat().st_mtime
                 data = json.loads(path.read_text())
             except (OSError, ValueError):
                 continue
             add_into(totals, {(name, tuple(labels)): value
                               for name, labels, value in data["counters"]})
-            if _alive(int(data["pid"])):
+            if now - written <= self.max_age:
                 for stage, count in data["in_flight"].items():
                     in_flight[stage] = in_flight.get(stage, 0) + count
         yield from families(totals, in_flight)
@@ -233,7 +227,8 @@ class MetricsStep(bootsteps.StartStopStep):
             from prometheus_client import CollectorRegistry, start_http_server
 
             registry = CollectorRegistry(auto_describe=False)
-            registry.register(SnapshotCollector(self.directory))
+            registry.register(SnapshotCollector(
+                self.directory, in_flight_ttl(worker.app.runtime.settings.metrics_flush_interval)))
             self.server, _ = start_http_server(self.port, addr="0.0.0.0", registry=registry)
             log_event(log, "worker.metrics_serving", port=self.port)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -180,7 +181,8 @@ def test_a_failed_flush_loses_nothing():
     assert sink.written == [({("orchestrator_stage_retries_total", ("PLANNING",)): 2}, {})]
 
 
-def test_a_worker_endpoint_sums_its_processes_and_drops_dead_ones_in_flight(tmp_path: Path):
+def test_a_worker_endpoint_sums_its_processes_and_drops_silent_ones_in_flight(
+        tmp_path: Path):
     recorder = Recorder()
     sink = FlakySink()
     sink.down = False
@@ -188,19 +190,18 @@ def test_a_worker_endpoint_sums_its_processes_and_drops_dead_ones_in_flight(tmp_
     recorder.retry("PLANNING")
     with recorder.in_flight("COSTING"):
         flusher.flush()
-    # another process of the same worker, dead since, left its snapshot
-    dead_pid = 2 ** 22 + 1  # above pid_max's default: never a live process
-    (tmp_path / "dead.json").write_text(json.dumps({
-        "pid": dead_pid, "in_flight": {"COSTING": 5},
+    # another process of the same worker, silent (dead) for a minute, left its snapshot
+    dead = tmp_path / "dead.json"
+    dead.write_text(json.dumps({
+        "pid": 1, "in_flight": {"COSTING": 5},
         "counters": [["orchestrator_stage_retries_total", ["PLANNING"], 2]]}))
+    os.utime(dead, (time.time() - 60, time.time() - 60))
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(tmp_path))
+    registry.register(SnapshotCollector(tmp_path, max_age=16))
     samples = scrape_registry(registry)
     assert samples[("orchestrator_stage_retries_total",
                     frozenset({("stage", "PLANNING")}))] == 3
     assert samples[("orchestrator_stages_in_flight", frozenset({("stage", "COSTING")}))] == 1
-    assert os.getpid() == json.loads(next(tmp_path.glob(f"{os.getpid()}-*.json"))
-                                     .read_text())["pid"]
 
 
 def test_in_flight_counts_outlive_a_few_flushes():
