@@ -46,3 +46,29 @@ def test_the_listed_values_are_the_defaults():
 
 def test_every_variable_the_code_reads_is_listed():
     assert variables_read_by_the_code() - set(example()) == set()
+
+
+def readme_configuration_table() -> set[str]:
+    """Every variable named in the first column of README's configuration table (a row
+    may name several: `A` / `_B` stands for A and A's prefix with _B)."""
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("### Configuration", 1)[1].split("\n### ", 1)[0]
+    names: set[str] = set()
+    for row in table.splitlines():
+        if not row.startswith("| `"):
+            continue
+        first = row.split(" | ", 1)[0]
+        for token in re.findall(r"`([A-Z_][A-Z0-9_]*)`", first):
+            if token.startswith("_"):  # PLANNING_TIMEOUT / _MAX_RETRIES
+                stem = re.findall(r"`([A-Z][A-Z0-9]*)_", first)[0]
+                token = stem + token
+            names.add(token)
+    return names
+
+
+def test_the_readme_configuration_table_lists_every_setting():
+    listed = readme_configuration_table()
+    # in .env.example (FLOWER_BASIC_AUTH commented out there: Flower reads it, not us)
+    expected = set(example()) | {"FLOWER_BASIC_AUTH", "PROMETHEUS_MULTIPROC_DIR"}
+    assert expected - listed == set(), "settings missing from README's configuration table"
+    assert listed - expected == set(), "README's configuration table names unknown settings"
