@@ -175,13 +175,16 @@ def stage_queue_names(settings: Settings, stages: str | None) -> list[str]:
 def recover() -> None:
     """Run one crash-recovery pass now and print how many jobs it resumed."""
     from tasks.factory import create_celery_app
+    from tasks.metrics import flush_once
     from tasks.recovery import recovery_pass
 
     settings = settings_from_env()
     settings.require_services()
     wait_for_services(settings, [POSTGRES, REDIS, BROKER])
     configure_logging(settings.log_level)
-    resumed = recovery_pass(create_celery_app(settings))
+    app = create_celery_app(settings)
+    resumed = recovery_pass(app)
+    flush_once(app)  # its resumes count in the workers' metrics too
     click.echo(f"resumed {resumed} job(s)")
 
 

@@ -188,6 +188,16 @@ class SnapshotCollector:
         yield from families(totals, in_flight)
 
 
+def flush_once(app: Any) -> None:
+    """Add up what this process counted, once: for a command that is no worker
+    (``orchestrator recover``), whose counts would otherwise go with it."""
+    runtime = app.runtime
+    settings = runtime.settings
+    Flusher(runtime.metrics, RedisSink(runtime.redis, settings.metrics_key_prefix,
+                                       settings.metrics_flush_interval),
+            settings.metrics_flush_interval).stop()
+
+
 def start_process_flusher(app: Any, snapshot_dir: Path | None) -> Flusher:
     """Start flushing this process's recorder (the main process, or a pool child after
     its fork)."""

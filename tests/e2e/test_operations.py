@@ -71,6 +71,12 @@ def test_recover_resumes_a_stalled_job_once(private_database, redis_url, downstr
     # Then the first resumes it, and its resume counts as progress: the second leaves it
     assert "resumed 1 job(s)" in recover()
     assert "resumed 0 job(s)" in recover()
+    # (and the resume counts in the metrics the API serves, like a worker's)
+    from api.app import create_app
+    from orchestrator.settings import Settings
+
+    scrape = create_app(Settings.from_env(env)).test_client().get("/metrics").get_data(True)
+    assert "orchestrator_recovery_resumes_total 1.0" in scrape.splitlines()
     with uow() as jobs:
         resumes = jobs.c.exec_driver_sql("SELECT resume_count FROM jobs WHERE job_id = %(id)s",
                                          {"id": job_id}).scalar_one()
