@@ -31,6 +31,19 @@ MAX_BODY = 64 * 1024
 log = logging.getLogger(__name__)
 
 
+#: PostgreSQL connections of one API process: its request threads (gunicorn's, see
+#: cli.serve.THREADS) and 2 to spare.
+API_CONNECTIONS = 10
+
+
+def api_engine(settings: Settings) -> Engine:
+    """The API process's pool: a connection per request thread, each kept once opened
+    rather than opened per request above a smaller pool (a new PostgreSQL session is a
+    fork and an authentication)."""
+    return make_engine(settings.database_url or "", pool_size=API_CONNECTIONS,
+                       max_connections=API_CONNECTIONS)
+
+
 def create_app(settings: Settings, *, enqueuer: Enqueuer | None = None,
                engine: Engine | None = None) -> Flask:
     """The API over the PostgreSQL and Redis of ``settings``; refuses to build with no
@@ -41,7 +54,7 @@ def create_app(settings: Settings, *, enqueuer: Enqueuer | None = None,
     settings.require_api_tokens()
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
-    engine = engine or make_engine(settings.database_url or "")
+    engine = engine or api_engine(settings)
     uow = PostgresUnitOfWork(engine)
     redis_client = redis.Redis.from_url(settings.redis_url or "", socket_timeout=3,
                                         socket_connect_timeout=3)

@@ -110,6 +110,11 @@ def control_socket_path(port: int, environ: Mapping[str, str] | None = None) -> 
     return directory / f"orchestrator-{port}.ctl"
 
 
+#: Request threads of each gunicorn process (api.app.API_CONNECTIONS holds a database
+#: connection for each).
+THREADS = 8
+
+
 def serve(factory: Callable[[], Flask], *, host: str, port: int, workers: int,
           on_starting: Callable[[Any], None] | None = None,
           metrics: MetricsDir | None = None) -> None:
@@ -119,7 +124,7 @@ def serve(factory: Callable[[], Flask], *, host: str, port: int, workers: int,
         "bind": f"{host}:{port}",
         "workers": workers,
         "worker_class": "gthread",
-        "threads": 8,
+        "threads": THREADS,
         # SIGTERM: stop accepting, let in-flight requests finish for up to 30 s.
         "graceful_timeout": 30,
         "timeout": 60,

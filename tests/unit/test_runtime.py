@@ -18,12 +18,12 @@ def runtime(concurrency: int) -> Runtime:
 
 
 @pytest.mark.parametrize("concurrency", [1, 2, 100, 200])
-def test_a_threads_worker_can_open_a_connection_per_stage_and_keeps_five(concurrency):
+def test_a_threads_worker_can_open_a_connection_per_stage_and_keeps_them(concurrency):
     pool = runtime(concurrency).engine.pool
-    # Five kept open (fewer when fewer can be needed), WORKER_CONCURRENCY + 2 in all:
-    # every stage, the recovery thread and one to spare
-    assert pool.size() == min(5, concurrency + 2)
-    assert pool.size() + pool._max_overflow == concurrency + 2  # type: ignore[attr-defined]
+    # WORKER_CONCURRENCY + 2 in all (every stage, the recovery thread and one to spare),
+    # each kept once opened: none is opened per statement under a burst
+    assert pool.size() == concurrency + 2
+    assert pool._max_overflow == 0  # type: ignore[attr-defined]
 
 
 def test_a_prefork_child_sizes_for_its_one_stage():
@@ -55,3 +55,12 @@ def test_the_workers_own_concurrency_sizes_a_threads_process(pool, expected):
     if pool == "threads":
         engine_pool = app.runtime.engine.pool
         assert engine_pool.size() + engine_pool._max_overflow == 9  # type: ignore[attr-defined]
+
+
+def test_the_api_keeps_a_connection_per_request_thread():
+    from api.app import api_engine
+    from cli.serve import THREADS
+
+    pool = api_engine(Settings.from_env(ENV)).pool
+    assert pool.size() >= THREADS
+    assert pool._max_overflow == 0  # type: ignore[attr-defined]
