@@ -61,6 +61,9 @@ class InFlight:
         self._calls: dict[int, Call] = {}
         self._lock = threading.Condition()
         self._watchdog: threading.Thread | None = None
+        #: When the watchdog wakes next by itself; a call whose deadline comes earlier
+        #: wakes it, a later one (nearly every call: deadlines are minutes away) does not.
+        self._wake_at = 0.0
 
     @contextlib.contextmanager
     def track(self, key: str | None) -> Iterator[Call]:
@@ -84,10 +87,11 @@ class InFlight:
         with contextlib.ExitStack() as stack:
             if call is None:  # a call outside any stage task: tracked for the block only
                 call = stack.enter_context(self.track(None))
-            call.deadline, call.conns = deadline, []
             self._ensure_watchdog()
             with self._lock:
-                self._lock.notify_all()
+                call.deadline, call.conns = deadline, []
+                if deadline < self._wake_at:
+                    self._lock.notify_all()
             try:
                 yield call
             finally:
@@ -127,11 +131,16 @@ class InFlight:
                              if c.deadline is not None and c.cut_reason is None]
             for call in cut:
                 call.cut_sockets()
-            wait = min(deadlines, default=now + 3600) - time.monotonic()
-            if cut:
-                wait = min(wait, RECUT_INTERVAL)
             with self._lock:
-                self._lock.wait(max(wait, 0.001))
+                # Deadlines set since the pass above count too: from here to the wait the
+                # lock is held, and a call's deadline is set under it (InFlight.until).
+                deadlines += [c.deadline for c in self._calls.values()
+                              if c.deadline is not None and c.cut_reason is None]
+                now = time.monotonic()
+                self._wake_at = min(deadlines, default=now + 3600)
+                if cut:
+                    self._wake_at = min(self._wake_at, now + RECUT_INTERVAL)
+                self._lock.wait(max(self._wake_at - now, 0.001))
 
 
 def _register(conn: HTTPConnection) -> None:
