@@ -41,6 +41,7 @@ HEADERS = {"Authorization": f"Bearer {API_TOKEN}"}
 FROM_THE_TEST = ("DATABASE_URL", "REDIS_URL", "ORCHESTRATOR_API_TOKENS", "DOWNSTREAM_TOKEN",
                  "CELERY_QUEUE", "LOCK_KEY_PREFIX", "TERRAFORM_EXECUTION_URL",
                  "PLAN_INTERPRETER_URL", "PRICING_ENRICHER_URL", "COST_CALCULATOR_URL")
+CHECKOUT = Path(__file__).resolve().parents[2]
 #: What the image sets (Dockerfile ENV) and a pod inherits.
 IMAGE_ENV = {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
 #: Lines a process writes when the read-only root gets in its way.
@@ -70,7 +71,12 @@ def sandboxed(spec: dict[str, Any], container: dict[str, Any], argv: list[str],
     """``argv`` as the kubelet would run it: each emptyDir of the container a fresh tmpfs at
     its mountPath, the root read-only, the pod's user and group, only ``env``."""
     empty_dirs = {v["name"] for v in spec["volumes"] if "emptyDir" in v}
-    script = []
+    # This checkout and its venv stand for the image's installed code: an emptyDir that
+    # covers them (a clone under /tmp) must not hide them. Each is held open on a file
+    # descriptor before the mounts, and bound back inside the emptyDir after its mount.
+    keep = sorted({CHECKOUT, Path(sys.prefix).resolve()}, key=lambda p: len(p.parts))
+    keep = [k for k in keep if not any(k != o and o in k.parents for o in keep)]
+    script = [f"exec {3 + i}<{shlex.quote(str(k))}" for i, k in enumerate(keep)]
     for mount in container["volumeMounts"]:
         assert mount["name"] in empty_dirs, f"{mount['name']}: only emptyDirs are sandboxed"
         path = PurePosixPath(mount["mountPath"])
@@ -82,6 +88,11 @@ def sandboxed(spec: dict[str, Any], container: dict[str, Any], argv: list[str],
             script += [f"mount -t tmpfs -o mode=755 tmpfs {shlex.quote(str(existing))}",
                        f"mkdir -p {shlex.quote(str(path))}"]
         script.append(f"mount -t tmpfs -o mode=1777 tmpfs {shlex.quote(str(path))}")
+        for i, kept in enumerate(keep):
+            if Path(path) in kept.parents:
+                script += [f"mkdir -p {shlex.quote(str(kept))}",
+                           f"mount --no-canonicalize --bind /proc/self/fd/{3 + i} "
+                           f"{shlex.quote(str(kept))}"]
     uid, gid = effective(spec, container, "runAsUser"), effective(spec, container, "runAsGroup")
     script += ["mount -o remount,bind,ro /",
                f'exec unshare --map-user={uid} --map-group={gid} -- env -i "$@"']
