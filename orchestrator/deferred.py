@@ -3,9 +3,9 @@
 A stage's heartbeat does its first beat ``LOCK_TTL / 3`` seconds after the stage starts
 (100 s with the default LOCK_TTL), and most stages end long before that. Starting a
 thread for each of them anyway, and joining it when the stage ends, was a tenth of a
-millisecond of CPU a stage, under the GIL the whole worker shares. Here one process-wide starter thread keeps
-the pending ones in a heap by due time and starts each one's own thread only when it is
-due; a stage that ends first is never given a thread.
+millisecond of CPU a stage, under the GIL the whole worker shares. Here one process-wide
+starter thread keeps the pending ones in a heap by due time and starts each one's own
+thread only when it is due; a stage that ends first is never given a thread.
 
 Each due heartbeat still gets its own thread, as before: one heartbeat stuck on a slow
 PostgreSQL or Redis must not delay another's renewal past its lock's TTL.
