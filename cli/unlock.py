@@ -31,7 +31,7 @@ from orchestrator.logs import job_context, log_event
 from orchestrator.models import AttemptStatus, iso
 from orchestrator.settings import Settings, redact_url
 from orchestrator.states import TERMINAL, State
-from tasks.lock import RedisLocks
+from tasks.lock import RedisLocks, token_process
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,11 @@ class JobLock:
         return self.token is not None
 
     @property
+    def taken_by(self) -> tuple[str, int] | None:
+        """(host, pid) of the process that took the lock, as its token says."""
+        return token_process(self.token)
+
+    @property
     def live(self) -> bool:
         """Held by an attempt that still heartbeats."""
         return (self.held and self.holder is not None
@@ -103,6 +108,8 @@ class JobLock:
                     f"{_s(self.quiet)} ago: its worker died or lost the lock; recovery "
                     "resumes the job")
         ttl = f"ttl {self.ttl:.1f} s" if self.ttl is not None else "no ttl: never expires"
+        if self.taken_by is not None:
+            ttl += f", taken by {self.taken_by[0]} pid {self.taken_by[1]}"
         if self.live:
             return f"held ({ttl}) by {self.holder}, heartbeat {_s(self.quiet)} ago"
         by = f" by {self.holder}" if self.holder else ""
@@ -118,8 +125,11 @@ class JobLock:
             return {"status": "free"} if holder is None else {
                 "status": "free", "open_attempt": holder,
                 "heartbeat_age_s": round(self.quiet, 3)}
+        taken_by = None if self.taken_by is None else {
+            "host": self.taken_by[0], "pid": self.taken_by[1]}
         return {"status": "held" if self.live else "stale", "key": self.key,
-                "ttl_s": None if self.ttl is None else round(self.ttl, 3), "holder": holder,
+                "ttl_s": None if self.ttl is None else round(self.ttl, 3),
+                "taken_by": taken_by, "holder": holder,
                 "heartbeat_age_s": round(self.quiet, 3), "heartbeat_interval_s": self.beat}
 
 

@@ -1,16 +1,39 @@
 """The per-job Redis lock, on redis-py's own :class:`redis.lock.Lock`.
 
 redis-py gives the token per holder, the TTL, the owner-checked release and extend (Lua
-scripts). We add only the key naming and a non-thread-local token, so the heartbeat
-thread can extend the lock its stage took.
+scripts). We add only the key naming, a non-thread-local token, so the heartbeat thread
+can extend the lock its stage took, and a token that says which process took the lock
+(``host:pid:random``), so an operator can tell who holds a lock even when that process no
+longer answers (frozen, cut off from the broker, killed).
 """
 
 from __future__ import annotations
 
-from uuid import UUID
+import os
+import socket
+from uuid import UUID, uuid4
 
 import redis
 from redis.exceptions import LockError
+
+_HOST = socket.gethostname()
+
+
+def new_token() -> str:
+    """A lock token unique to one acquisition, naming the process that took it."""
+    return f"{_HOST}:{os.getpid()}:{uuid4().hex}"
+
+
+def token_process(token: bytes | str | None) -> tuple[str, int] | None:
+    """(host, pid) of the process that took a lock with this token; None for a token of
+    another form (a lock set by something else than a worker)."""
+    if token is None:
+        return None
+    text = token.decode(errors="replace") if isinstance(token, bytes) else token
+    parts = text.rsplit(":", 2)
+    if len(parts) != 3 or not parts[0] or not parts[1].isdigit() or len(parts[2]) != 32:
+        return None
+    return parts[0], int(parts[1])
 
 
 class RedisJobLock:
@@ -19,7 +42,7 @@ class RedisJobLock:
         self._lock = client.lock(name, timeout=ttl, blocking=False, thread_local=False)
 
     def acquire(self) -> bool:
-        return bool(self._lock.acquire(blocking=False))
+        return bool(self._lock.acquire(blocking=False, token=new_token()))
 
     def extend(self) -> bool:
         try:

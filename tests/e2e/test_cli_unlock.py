@@ -101,9 +101,10 @@ def test_a_live_holder_is_shown_refused_and_removed_only_by_force(stack, downstr
         # The operator sees who holds the lock, for how long still, and its heartbeat
         line = lock_line(cli(env, "jobs", "show", str(job_id)))
         where = re.escape(f"on cli-unlock-worker@{socket.gethostname()} pid {worker.proc.pid}")
-        assert re.fullmatch(r"held \(ttl [\d.]+ s\) by attempt 1 of PLANNING \(since \S+Z, "
-                            rf"task [0-9a-f-]{{36}}, {where}\), heartbeat [\d.]+ s ago",
-                            line), line
+        taken = re.escape(f"taken by {socket.gethostname()} pid {worker.proc.pid}")
+        assert re.fullmatch(rf"held \(ttl [\d.]+ s, {taken}\) by attempt 1 of PLANNING "
+                            rf"\(since \S+Z, task [0-9a-f-]{{36}}, {where}\), heartbeat "
+                            r"[\d.]+ s ago", line), line
         lock = shown_lock(env, job_id)
         assert lock["status"] == "held" and lock["key"] == lock_key(env, job_id)
         assert (lock["holder"]["stage_name"], lock["holder"]["attempt_number"]) == (
@@ -112,6 +113,7 @@ def test_a_live_holder_is_shown_refused_and_removed_only_by_force(stack, downstr
             f"cli-unlock-worker@{socket.gethostname()} pid {worker.proc.pid}")
         assert 0 < lock["ttl_s"] <= 36 and lock["heartbeat_age_s"] < 24
         assert lock["heartbeat_interval_s"] == 12
+        assert lock["taken_by"] == {"host": socket.gethostname(), "pid": worker.proc.pid}
 
         # Unlock refuses: the holder heartbeats; the lock stays, with the same holder
         refused = cli(env, "unlock", str(job_id))
@@ -178,7 +180,10 @@ def test_a_killed_workers_lock_goes_without_force_once_its_heartbeat_stopped(
     wait_for(lambda: shown_lock(env, job_id)["status"] == "stale", 60,
              "the lock to be shown stale", interval=1)
     line = lock_line(cli(env, "jobs", "show", str(job_id)))
-    assert re.fullmatch(rf"held \(ttl [\d.]+ s\) by {holder}, stale: no heartbeat for \d+ s "
+    # (which process took it, from its token: the dead one, whom no broadcast reaches)
+    taken = re.escape(f"taken by {socket.gethostname()} pid {doomed.proc.pid}")
+    assert re.fullmatch(rf"held \(ttl [\d.]+ s, {taken}\) by {holder}, stale: no heartbeat "
+                        r"for \d+ s "
                         r"\(one is due every 12 s, LOCK_TTL/3\); "
                         rf"`orchestrator unlock {job_id}` removes it", line), line
     removed = cli(env, "unlock", str(job_id))
