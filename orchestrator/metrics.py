@@ -172,8 +172,7 @@ class Recorder:
     def give_back(self, deltas: Mapping[Key, float]) -> None:
         """Deltas a flush could not deliver: counted again, sent with the next flush."""
         with self._lock:
-            for key, amount in deltas.items():
-                self._pending[key] = self._pending.get(key, 0) + amount
+            add_into(self._pending, deltas)
 
 
 class NullRecorder(Recorder):

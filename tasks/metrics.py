@@ -191,22 +191,21 @@ class SnapshotCollector:
 def flush_once(app: Any) -> None:
     """Add up what this process counted, once: for a command that is no worker
     (``orchestrator recover``), whose counts would otherwise go with it."""
-    runtime = app.runtime
-    settings = runtime.settings
-    Flusher(runtime.metrics, RedisSink(runtime.redis, settings.metrics_key_prefix,
-                                       settings.metrics_flush_interval),
-            settings.metrics_flush_interval).stop()
+    _flusher(app, None).stop()
 
 
 def start_process_flusher(app: Any, snapshot_dir: Path | None) -> Flusher:
     """Start flushing this process's recorder (the main process, or a pool child after
     its fork)."""
+    return _flusher(app, snapshot_dir).start()
+
+
+def _flusher(app: Any, snapshot_dir: Path | None) -> Flusher:
     runtime = app.runtime
     settings = runtime.settings
     sink = RedisSink(runtime.redis, settings.metrics_key_prefix,
                      settings.metrics_flush_interval)
-    return Flusher(runtime.metrics, sink, settings.metrics_flush_interval,
-                   snapshot_dir).start()
+    return Flusher(runtime.metrics, sink, settings.metrics_flush_interval, snapshot_dir)
 
 
 class MetricsStep(bootsteps.StartStopStep):
