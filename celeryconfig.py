@@ -63,6 +63,11 @@ accept_content = ["json"]
 # Job state lives in PostgreSQL, never in a Celery result backend.
 task_ignore_result = True
 task_store_errors_even_if_ignored = False
+# With no result backend, every app's backend is Celery's stateless DisabledBackend: one
+# per process, not one per thread. Celery builds a thread's own at its first task, and
+# building one scans every installed package's entry points (milliseconds of CPU), so
+# under the threads pool each of the WORKER_CONCURRENCY threads paid that, inside bursts.
+result_backend_thread_safe = True
 
 # Task events (what Flower and `celery events` show) cost each stage about 2 ms of the
 # worker's CPU, a fifth of its whole cost, so a worker sends none until a monitor asks:
@@ -71,7 +76,9 @@ task_store_errors_even_if_ignored = False
 # stage, from the sender) are never sent; Flower shows a task from its "received".
 worker_send_task_events = False
 task_send_sent_event = False
-task_track_started = True
+# Flower's STARTED comes from the "task-started" event. Celery's task_track_started only
+# writes STARTED to a result backend, and there is none, so it stays off.
+task_track_started = False
 
 # We configure logging ourselves (JSON lines); Celery must not replace the root handler.
 worker_hijack_root_logger = False

@@ -66,8 +66,10 @@ def stage_chain(app: Celery, job_id: UUID, from_state: State, correlation_id: st
     """The chain from ``from_state`` to the end, each signature by name on its queue (the
     app needs no task registered: a sender publishes by name)."""
     base = app.conf.task_default_queue
+    # ignore_result: a sender with no task registered (the API's) publishes by name, and
+    # Celery's send_task would mark the message as wanting its result stored
     return chain(*(app.signature(task_name(s), (str(job_id), correlation_id), immutable=True,
-                                 queue=stage_queue(base, s))
+                                 queue=stage_queue(base, s), ignore_result=True)
                    for s in stages_from(from_state)), app=app)
 
 

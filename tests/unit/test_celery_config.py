@@ -10,8 +10,10 @@ is where Celery's worker reads most of them).
 from __future__ import annotations
 
 import inspect
+import threading
 import uuid
 
+import celery.backends.base
 import pytest
 from celery import Celery
 from celery.app.defaults import DEFAULTS
@@ -44,11 +46,18 @@ def configured_names() -> list[str]:
             if name.islower() and not name.startswith("_") and not inspect.ismodule(value)]
 
 
+#: Settings Celery reads with ``conf.get`` outside its table, each with where it does.
+READ_OUTSIDE_THE_TABLE = {"result_backend_thread_safe": celery.backends.base.Backend}
+
+
 def test_every_name_in_celeryconfig_is_a_celery_setting():
     names = configured_names()
     assert "task_acks_late" in names  # the module was read
-    unknown = [name for name in names if name not in DEFAULTS]
+    unknown = [name for name in names
+               if name not in DEFAULTS and name not in READ_OUTSIDE_THE_TABLE]
     assert unknown == [], f"not Celery settings (Celery would ignore them): {unknown}"
+    for name, reader in READ_OUTSIDE_THE_TABLE.items():
+        assert f"'{name}'" in inspect.getsource(reader), (name, reader)
 
 
 def test_every_name_in_celeryconfig_is_in_force(app: Celery):
@@ -167,3 +176,33 @@ def test_the_stage_queues_sort_as_the_pipeline_runs_backwards(base: str) -> None
     # What "sorted" polling relies on to give later stages priority
     names = [stage_queue(base, state) for state in STAGE_STATES]
     assert sorted(names) == names[::-1]
+
+
+@pytest.mark.parametrize("sender", ["worker", "api"])
+def test_a_stage_message_asks_for_no_result(settings: Settings, sender: str):
+    # Given a chain sent by a worker's app or by the API's sender (which has no task
+    # registered, so Celery's send_task publishes it by name), on an in-memory broker
+    celery = create_celery_app(settings) if sender == "worker" else create_sender_app(settings)
+    celery.conf.broker_url = "memory://"
+    stage_chain(celery, uuid.uuid4(), State.PLANNING, "c").apply_async()
+    with celery.connection_for_read() as connection:
+        queue = connection.SimpleQueue(stage_queue(settings.celery_queue, State.PLANNING))
+        message = queue.get(timeout=5)
+        message.ack()
+        queue.close()
+    # Then the message says its result is not kept: the worker's trace neither stores
+    # STARTED nor a result anywhere
+    assert message.headers["ignore_result"] is True
+
+
+def test_a_worker_process_has_one_result_backend_for_all_its_threads(settings: Settings):
+    # Celery builds a thread's own backend at its first task unless the backend is
+    # thread-safe; building one scans every package's entry points. No result backend is
+    # configured (DisabledBackend, stateless), so every thread shares the process's one.
+    app = create_celery_app(settings)
+    seen = []
+    for _ in range(2):  # two threads, one after the other
+        thread = threading.Thread(target=lambda: seen.append(app.backend))
+        thread.start()
+        thread.join()
+    assert seen[0] is seen[1] is app.backend
