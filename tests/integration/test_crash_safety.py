@@ -182,6 +182,7 @@ def test_a_worker_cut_off_from_redis_cannot_write(private_database, redis_url, d
         # And A's answer then arrives
         stale.set()
         downstream.wait_ended(first)
+        # (Celery's error line: releasing its lock raises, A being cut off from Redis)
         wait_for(lambda: any(e.get("job_id") == str(job_id) and str(e.get("message", ""))
                              .startswith("Task orchestrator.stage.parsing[")
                              for e in a.events()), 60, "A's PARSING task to end")

@@ -30,7 +30,9 @@ def readiness(api: Api) -> tuple[int, dict]:
 
 
 def task_ended(worker: Service, job_id: object, stage: str) -> bool:
-    """Celery's own line about the end of the stage's task (succeeded, or raised)."""
+    """Celery's own line about the end of the stage's task. Here it raised (its service's
+    answer could not be written, or its lock not released), which Celery logs as an
+    error at every LOG_LEVEL; its success line shows only at DEBUG."""
     prefix = f"Task orchestrator.stage.{stage.lower()}["
     return any(e.get("job_id") == str(job_id) and str(e.get("message", "")).startswith(prefix)
                for e in worker.events())

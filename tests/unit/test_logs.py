@@ -45,3 +45,67 @@ def test_other_libraries_lines_are_json_too():
     logging.getLogger("celery.worker").warning("plain %s", "text")
     (line,) = lines(stream)
     assert line["event"] == "log" and line["message"] == "plain text"
+
+
+def _records() -> list[logging.LogRecord]:
+    """Records of every shape a line may take: extras of odd types, a traceback, a dict
+    message, a %-formatted one, non-ASCII, an underscored attribute (left out)."""
+    import datetime
+    import uuid
+
+    made = []
+
+    def record(msg: object, args: tuple = (), exc_info: object = None, **extra: object
+               ) -> None:
+        item = logging.LogRecord("orchestrator.runner", logging.WARNING, __file__, 1, msg,
+                                 args, exc_info)  # type: ignore[arg-type]
+        item.__dict__.update(extra)
+        made.append(item)
+
+    record("stage.succeeded", event="stage.succeeded", job_id="j", correlation_id=None,
+           stage="PARSING", attempt=2, duration_ms=12)
+    record("plain %s and %d", ("text", 3))
+    record({"a": 1, "nested": {"b": [1, 2]}}, event="dict")
+    record("ünïcode ✓", event="x", value=uuid.UUID(int=7),
+           when=datetime.datetime(2026, 12, 1, tzinfo=datetime.UTC), raw=b"\x00b",
+           state=logging, _private="hidden")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys
+
+        record("api.error", exc_info=sys.exc_info(), event="api.error")
+    return made
+
+
+def test_the_fast_formatter_writes_what_python_json_logger_writes():
+    # Given python-json-logger's own JsonFormatter and ours, configured alike
+    from pythonjsonlogger.json import JsonFormatter
+
+    from orchestrator.logs import JsonLines
+
+    options = dict(
+        fmt="%(levelname)s %(name)s %(process)d %(message)s %(event)s %(job_id)s "
+            "%(correlation_id)s",
+        rename_fields={"levelname": "level", "name": "logger", "process": "pid"},
+        timestamp=True)
+    theirs, ours = JsonFormatter(**options), JsonLines(**options)  # type: ignore[arg-type]
+    # Then every record comes out the same, byte for byte
+    for record in _records():
+        expected = theirs.format(record)
+        record.__dict__.pop("message", None)
+        record.exc_text = None
+        assert ours.format(record) == expected
+
+
+def test_celerys_per_task_lines_show_only_at_debug():
+    # Celery's "Task … received" and "Task … succeeded" repeat our own lines: hidden at
+    # INFO, shown at DEBUG; its warnings and errors always shown
+    stream = io.StringIO()
+    configure_logging("INFO", stream)
+    trace = logging.getLogger("celery.app.trace")
+    trace.info("Task %s succeeded", "t")
+    trace.error("Task %s raised", "t")
+    configure_logging("DEBUG", stream)
+    logging.getLogger("celery.worker.strategy").info("Task %s received", "t")
+    assert [line["message"] for line in lines(stream)] == ["Task t raised", "Task t received"]
