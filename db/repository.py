@@ -8,6 +8,7 @@ compare-and-set on its state, and for stage workers on its fence too: zero rows 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -193,18 +194,39 @@ def _job(row: Any) -> Job:
 class JobRepository:
     """Queries and conditional writes for jobs, their attempts and their history."""
 
-    def __init__(self, connection: Connection):
-        self.c = connection
+    def __init__(self, connection: Connection | None = None, *,
+                 lazy: Callable[[], Connection] | None = None,
+                 lazy_driver: Callable[[], Any] | None = None):
+        """On a SQLAlchemy ``connection`` (a transaction), or on connections made at first
+        use (``lazy``: SQLAlchemy's; ``lazy_driver``: psycopg2's own), for a block that runs
+        one statement (:class:`db.uow.PostgresUnitOfWork`'s ``single``)."""
+        self._c, self._lazy, self._lazy_driver = connection, lazy, lazy_driver
+        self._driver_connection: Any = None
+
+    @property
+    def c(self) -> Connection:
+        if self._c is None:
+            assert self._lazy is not None
+            self._c = self._lazy()
+        return self._c
+
+    def _dbapi(self) -> Any:
+        if self._c is None and self._lazy_driver is not None:
+            if self._driver_connection is None:
+                self._driver_connection = self._lazy_driver()
+            return self._driver_connection
+        return self.c.connection.dbapi_connection
 
     def _driver(self, sql: str, params: dict[str, Any]) -> dict[str, Any] | None:
         """The first row of one statement run by psycopg2 itself, on this Connection's own
-        DBAPI connection (so in its transaction, if it has one): for the two statements
-        every stage runs (:meth:`open_attempt`, :meth:`advance`). SQLAlchemy's execution
-        around a statement (its execution context, result and row objects) cost about a
-        third of a millisecond of CPU each, under the GIL the whole worker shares; these
-        two statements need none of it. Values come as psycopg2 gives them (a uuid as a
-        str; jsonb already decoded)."""
-        with self.c.connection.dbapi_connection.cursor() as cursor:  # type: ignore[union-attr]
+        DBAPI connection (so in its transaction, if it has one), or on the pool's
+        connection itself in a single-statement block: for the two statements every stage
+        runs (:meth:`open_attempt`, :meth:`advance`). SQLAlchemy's execution around a
+        statement (its execution context, result and row objects) cost about a third of a
+        millisecond of CPU each, and its Connection around a checkout as much again, under
+        the GIL the whole worker shares; these two statements need none of it. Values come
+        as psycopg2 gives them (a uuid as a str; jsonb already decoded)."""
+        with self._dbapi().cursor() as cursor:
             cursor.execute(sql, params)
             row = cursor.fetchone()
             if row is None:

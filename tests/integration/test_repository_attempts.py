@@ -142,3 +142,43 @@ def test_a_single_statement_unit_commits_by_itself_and_leaves_the_pool_transacti
         raise RuntimeError("after the first write")
     with uow() as jobs:
         assert jobs.get(job_id).current_state is State.PLANNING
+
+
+def backend_pid(jobs) -> int:
+    row = jobs._driver("SELECT pg_backend_pid() AS pid", {})
+    return row["pid"]
+
+
+def terminate(database_url, pid: int) -> None:
+    with psycopg2.connect(database_url) as connection, connection.cursor() as sql:
+        sql.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+
+def test_a_single_statement_after_its_pooled_session_died_gets_a_new_one(
+        uow, module_database):
+    # Given the pool's one connection, used by a stage's statement, then its session
+    # killed on the server (a PostgreSQL restart, an idle-session kill)
+    job_id = planning_job(uow)
+    with uow(single=True) as jobs:
+        first = backend_pid(jobs)
+    terminate(module_database, first)
+    # When the next stage's statement runs, then the checkout's ping found the dead
+    # session and it runs on a new one, with nothing lost
+    with uow(single=True) as jobs:
+        assert jobs.open_attempt(job_id, State.PLANNING, "t1") is not None
+        assert backend_pid(jobs) != first
+    assert attempts(module_database, job_id)[0][2] == "RUNNING"
+
+
+def test_a_session_dying_under_a_statement_fails_it_and_is_not_reused(uow, module_database):
+    # Given a single-statement block whose session dies before its statement runs
+    job_id = planning_job(uow)
+    with pytest.raises(psycopg2.OperationalError), uow(single=True) as jobs:
+        terminate(module_database, backend_pid(jobs))
+        # Then the statement fails as a lost connection (the stage raises; recovery
+        # resumes the job), and nothing was written
+        jobs.open_attempt(job_id, State.PLANNING, "t1")
+    assert attempts(module_database, job_id) == []
+    # And the next block runs on a new session
+    with uow(single=True) as jobs:
+        assert jobs.open_attempt(job_id, State.PLANNING, "t2") is not None
