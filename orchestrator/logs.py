@@ -103,6 +103,31 @@ class JsonLines(JsonFormatter):
         return self._encoder.encode(log_data)
 
 
+class LineHandler(logging.StreamHandler):
+    """The standard StreamHandler, except that a line is formatted before the handler's
+    lock is taken, not under it: the lock is then held for the write alone. Every thread
+    of a worker writes through this one handler, and with the whole line formatted under
+    the lock (``Handler.handle`` around ``StreamHandler.emit``), a thread the GIL switched
+    away from mid-format kept the others queued behind it (more context switches than the
+    stages' own I/O). The write and flush are ``StreamHandler``'s, one call per line."""
+
+    def handle(self, record: logging.LogRecord) -> Any:
+        passed = self.filter(record)
+        if isinstance(passed, logging.LogRecord):  # Python 3.12: a filter may replace it
+            record = passed
+        if passed:
+            try:
+                line = self.format(record) + self.terminator
+                with self.lock:  # type: ignore[union-attr]
+                    self.stream.write(line)
+                    self.stream.flush()
+            except RecursionError:  # as StreamHandler.emit does
+                raise
+            except Exception:
+                self.handleError(record)
+        return passed
+
+
 #: Celery's own line per stage task received and per task succeeded (or retried) say
 #: again what our ``lock.acquired``/``stage.started`` and ``stage.succeeded`` lines say,
 #: and cost as much each: shown only at ``LOG_LEVEL=DEBUG``. Their warnings and errors (a
@@ -117,7 +142,7 @@ def configure_logging(level: str = "INFO", stream: Any = None) -> None:
     logging._srcfile = None
     logging.logThreads = False
     logging.logMultiprocessing = False
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = LineHandler(stream or sys.stderr)
     handler.setFormatter(JsonLines(
         "%(levelname)s %(name)s %(process)d %(message)s %(event)s %(job_id)s %(correlation_id)s",
         rename_fields={"levelname": "level", "name": "logger", "process": "pid"},

@@ -109,3 +109,27 @@ def test_celerys_per_task_lines_show_only_at_debug():
     configure_logging("DEBUG", stream)
     logging.getLogger("celery.worker.strategy").info("Task %s received", "t")
     assert [line["message"] for line in lines(stream)] == ["Task t raised", "Task t received"]
+
+
+def test_lines_written_from_many_threads_stay_whole():
+    # The handler formats outside its lock and writes under it: every line still arrives
+    # whole, one JSON object a line, whatever the threads' interleaving
+    import threading
+
+    stream = io.StringIO()
+    configure_logging("INFO", stream)
+    log = logging.getLogger("t")
+
+    def write(n: int) -> None:
+        with job_context(f"job-{n}", None):
+            for i in range(200):
+                log_event(log, "stage.started", attempt=i, padding="x" * (n * 50))
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    written = lines(stream)
+    assert len(written) == 8 * 200
+    assert all(len(line["padding"]) == int(line["job_id"][4:]) * 50 for line in written)
