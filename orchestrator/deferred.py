@@ -29,7 +29,9 @@ class DeferredThread:
     ended, so it needs its own way to be told to stop (an Event it waits on)."""
 
     def __init__(self, target: Callable[[], None], name: str):
-        self._thread = threading.Thread(target=target, name=name, daemon=True)
+        # The Thread object itself is made only when it starts: most never do.
+        self._target, self._name = target, name
+        self._thread: threading.Thread | None = None
         self._guard = threading.Lock()
         self._state = _PENDING
 
@@ -42,6 +44,7 @@ class DeferredThread:
             if self._state != _PENDING:
                 return
             self._state = _STARTED
+            self._thread = threading.Thread(target=self._target, name=self._name, daemon=True)
             self._thread.start()
 
     def cancel(self, stop: Callable[[], None]) -> None:
@@ -52,7 +55,7 @@ class DeferredThread:
             started = self._state == _STARTED
             if not started:
                 self._state = _CANCELLED
-        if started:
+        if started and self._thread is not None:
             self._thread.join()
 
 

@@ -94,8 +94,9 @@ class JsonLines(JsonFormatter):
         for key, value in attributes.items():
             if key not in skip and not (isinstance(key, str) and key.startswith("_")):
                 log_data[rename.get(key, key)] = value
-        if self.timestamp:
-            log_data[self._timestamp_key] = datetime.fromtimestamp(record.created, tz=UTC)
+        if self.timestamp:  # as the parent's encoder writes a datetime, without its call
+            log_data[self._timestamp_key] = datetime.fromtimestamp(
+                record.created, tz=UTC).isoformat()
 
     def jsonify_log_record(self, log_data: dict[str, Any]) -> str:
         if self.json_indent is not None or self.json_encoder is not JsonEncoder:
