@@ -37,11 +37,11 @@ class PostgresUnitOfWork:
 
     @contextmanager
     def _driver_connection(self) -> Iterator[Any]:
-        """psycopg2's connection, checked out of the engine's pool (pinged first, as every
-        checkout is) and in autocommit for the block; back in the pool afterwards, or
-        thrown away if it broke. What ``engine.connect()`` with the AUTOCOMMIT isolation
-        level does, without SQLAlchemy's Connection around it and its isolation level
-        bookkeeping (a stage's two statements: ≈ 4 % of a worker's CPU under a burst)."""
+        """psycopg2's connection, checked out of the engine's pool (checked as every
+        checkout is, by ``db.engine.discard_if_closed``) and in autocommit for the block;
+        back in the pool afterwards, or thrown away if it broke. What ``engine.connect()``
+        with the AUTOCOMMIT isolation level does, without SQLAlchemy's Connection around
+        it and its isolation level bookkeeping."""
         pooled = self.engine.raw_connection()
         try:
             connection = pooled.driver_connection

@@ -61,8 +61,9 @@ class _ContextFilter(logging.Filter):
 
 
 class JsonLines(JsonFormatter):
-    """python-json-logger's :class:`JsonFormatter`, line for line the same output, at about
-    half its CPU: a worker writes five lines a stage under the GIL every stage shares.
+    """python-json-logger's :class:`JsonFormatter`, line for line the same output, for a
+    fifth fewer instructions a line (callgrind, with the logging settings below: 181.6 k
+    → 145.9 k): a worker writes five lines a stage under the GIL every stage shares.
 
     Only its two documented override points change. :meth:`add_fields` takes the fields
     the format names (renamed once, at start-up, not per line), the message's own dict,
