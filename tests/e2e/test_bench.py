@@ -30,6 +30,10 @@ def test_the_quick_benchmark_reports_the_orchestrator_beside_a_bare_chain():
     assert list(report)[:len(HEADLINE)] == list(HEADLINE)
     for key in HEADLINE:
         assert isinstance(report[key], int | float) and report[key] > 0, (key, report)
+    # And each round's own ratio (its two bursts back to back), beside the best of each
+    rounds = report["throughput_ratio_rounds"]
+    assert len(rounds) == len(report["throughput_rounds"]) >= 1
+    assert all(isinstance(x, int | float) and x > 0 for x in rounds), rounds
     assert report["quick"] is True
     assert report["worker_pool"] == "threads" and report["worker_concurrency"] == 100
     assert "[versus] bare chain" in done.stdout
