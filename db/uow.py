@@ -43,9 +43,9 @@ class PostgresUnitOfWork:
         with the AUTOCOMMIT isolation level does, without SQLAlchemy's Connection around
         it and its isolation level bookkeeping."""
         pooled = self.engine.raw_connection()
+        connection = pooled.driver_connection
+        assert connection is not None
         try:
-            connection = pooled.driver_connection
-            assert connection is not None
             connection.autocommit = True
             try:
                 yield connection
@@ -53,7 +53,7 @@ class PostgresUnitOfWork:
                 if not connection.closed:
                     connection.autocommit = False
         except (psycopg2.OperationalError, psycopg2.InterfaceError):
-            if pooled.driver_connection is None or pooled.driver_connection.closed:
+            if connection.closed:
                 pooled.invalidate()  # the server went away: never back into the pool
             raise
         finally:
