@@ -28,6 +28,7 @@ from kombu import Exchange, Queue
 from orchestrator.settings import Settings
 from orchestrator.stages import STAGE_STATES, stages_from
 from orchestrator.states import State
+from tasks.transport import transport_for
 
 #: The control command that stops stage tasks where they run
 #: (:func:`tasks.stage.orchestrator_cancel`, sent by :meth:`CeleryEnqueuer.cancel`).
@@ -105,7 +106,8 @@ def create_sender_app(settings: Settings) -> Celery:
         settings.require_services()  # names the missing variable
     app = Celery("orchestrator-sender", set_as_current=False)
     app.config_from_object("celeryconfig")  # the worker's serializer, events, clock
-    app.conf.update(broker_url=settings.broker_url)
+    app.conf.update(broker_url=settings.broker_url,
+                    broker_transport=transport_for(settings.broker_url))
     configure_routing(app, settings)
     return app
 

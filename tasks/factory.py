@@ -24,6 +24,7 @@ from tasks.recovery import RecoveryStep
 from tasks.relay import RelayStep
 from tasks.runtime import Runtime
 from tasks.stage import StageTask, run_stage_task
+from tasks.transport import transport_for
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ def create_celery_app(settings: Settings) -> Celery:
     app.config_from_object("celeryconfig")
     app.conf.update(
         broker_url=settings.broker_url,
+        broker_transport=transport_for(settings.broker_url),
         broker_transport_options={
             "visibility_timeout": visibility_timeout(settings),
             # Redis: a worker polls its stage queues in sorted order, and the stage queues
