@@ -44,7 +44,9 @@ def test_a_session_the_server_ended_is_replaced_at_checkout(engine, module_datab
     first = session_pid(engine)
     if how == "terminate":  # an operator, a restart
         with psycopg2.connect(module_database) as admin, admin.cursor() as sql:
-            sql.execute("SELECT pg_terminate_backend(%s)", (first,))
+            # waits until the backend is gone, its socket closed with it
+            sql.execute("SELECT pg_terminate_backend(%s, 60000)", (first,))
+            assert sql.fetchone()[0], f"backend {first} still there after 60 s"
     else:  # PostgreSQL's own idle_session_timeout, here 50 ms for this session
         with engine.connect() as connection:
             connection.exec_driver_sql("SET idle_session_timeout = 50")

@@ -150,8 +150,11 @@ def backend_pid(jobs) -> int:
 
 
 def terminate(database_url, pid: int) -> None:
+    """End the session and wait until its backend is gone (without the wait, the next
+    checkout can come before the socket closes, and finds it open)."""
     with psycopg2.connect(database_url) as connection, connection.cursor() as sql:
-        sql.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        sql.execute("SELECT pg_terminate_backend(%s, 60000)", (pid,))
+        assert sql.fetchone()[0], f"backend {pid} still there after 60 s"
 
 
 def test_a_single_statement_after_its_pooled_session_died_gets_a_new_one(
