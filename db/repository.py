@@ -14,7 +14,6 @@ from typing import Any
 from uuid import UUID
 
 from sqlalchemy import Connection, and_, func, literal_column, select, text, tuple_, update
-from sqlalchemy.dialects.postgresql import insert
 
 from db.schema import job_enqueues, job_events, job_transitions, jobs, stage_executions
 from orchestrator.models import (
@@ -35,78 +34,39 @@ from orchestrator.states import TERMINAL, State, transition
 
 _TERMINAL = [s.value for s in TERMINAL]
 #: An attempt's duration so far, in ms: what closing it stores in ``duration_ms``.
-_ELAPSED_SQL = "(extract(epoch FROM clock_timestamp() - started_at) * 1000)::int"
-_ELAPSED_MS = text(_ELAPSED_SQL)
+_ELAPSED_MS = text("(extract(epoch FROM clock_timestamp() - started_at) * 1000)::int")
 
 
-#: :meth:`JobRepository.open_attempt` in one statement (one round trip, one plan), in
-#: psycopg2's own parameter style (run by :meth:`JobRepository._driver`): every
-#: CTE sees the rows as they were before it, so the counts include the RUNNING attempts
-#: it closes (as lost), and nothing is written unless the claim matched.
-_OPEN_ATTEMPT = f"""
-WITH claimed AS (
-    UPDATE jobs SET fence = fence + 1, last_progress_at = now(), next_attempt_at = NULL
-    WHERE job_id = CAST(%(job_id)s AS uuid) AND current_state = %(state)s
-    RETURNING fence, input, correlation_id, redriven_from
-), counts AS (
-    SELECT count(*) AS total,
-           count(*) FILTER (WHERE status = 'FAILED'
-                            AND error_message IS DISTINCT FROM %(lost)s) AS failed,
-           count(*) FILTER (WHERE status = 'RUNNING' OR error_message = %(lost)s) AS lost
-    FROM stage_executions
-    WHERE job_id = CAST(%(job_id)s AS uuid) AND stage_name = %(state)s
-), stage_input AS (
-    SELECT coalesce(CASE WHEN %(first)s THEN (SELECT input FROM claimed)
-                         ELSE (SELECT output_data FROM stage_executions
-                               WHERE job_id = CAST(%(job_id)s AS uuid)
-                                 AND stage_name = %(previous)s AND status = 'SUCCESS'
-                               LIMIT 1) END,
-                    CAST('{{}}' AS jsonb)) AS data
-), closed AS (
-    UPDATE stage_executions
-    SET status = 'FAILED', completed_at = clock_timestamp(), error_message = %(lost)s,
-        duration_ms = {_ELAPSED_SQL}
-    WHERE job_id = CAST(%(job_id)s AS uuid) AND stage_name = %(state)s AND status = 'RUNNING'
-      AND EXISTS (SELECT 1 FROM claimed)
-), opened AS (
-    INSERT INTO stage_executions (job_id, stage_name, attempt_number, status, started_at,
-                                  input_data, fence, celery_task_id)
-    SELECT CAST(%(job_id)s AS uuid), %(state)s, counts.total + 1, 'RUNNING', clock_timestamp(),
-           stage_input.data, claimed.fence, %(task_id)s
-    FROM claimed, counts, stage_input
-)
-SELECT claimed.fence, counts.total, counts.failed, counts.lost, stage_input.data,
-       claimed.correlation_id, claimed.redriven_from,
-       (SELECT output_data FROM stage_executions
-        WHERE job_id = claimed.redriven_from AND stage_name = %(state)s AND status = 'SUCCESS'
-        LIMIT 1) AS reusable
-FROM claimed, counts, stage_input
-"""
-
-#: :meth:`JobRepository.advance` in one statement: the move (a CAS on state and fence,
-#: which the transition trigger records) and the attempt's SUCCESS, only if it moved.
-_ADVANCE = f"""
-WITH moved AS (
-    UPDATE jobs
-    SET current_state = %(to_state)s, previous_state = %(state)s, state_reason = %(reason)s,
-        updated_at = now(), last_progress_at = now(), next_attempt_at = NULL,
-        plan_reference = coalesce(%(plan_reference)s, plan_reference),
-        result_reference = coalesce(%(result_reference)s, result_reference),
-        completed_at = CASE WHEN %(terminal)s THEN now() ELSE completed_at END
-    WHERE job_id = CAST(%(job_id)s AS uuid) AND current_state = %(state)s AND fence = %(fence)s
-    RETURNING *
-), done AS (
-    UPDATE stage_executions
-    SET status = 'SUCCESS', completed_at = clock_timestamp(),
-        duration_ms = {_ELAPSED_SQL},
-        output_data = CAST(%(output)s AS jsonb), reused_from = CAST(%(reused_from)s AS uuid)
-    WHERE job_id = CAST(%(job_id)s AS uuid) AND stage_name = %(state)s
-      AND attempt_number = %(attempt)s AND status = 'RUNNING'
-      AND EXISTS (SELECT 1 FROM moved)
-)
-SELECT * FROM moved
-"""
+#: :meth:`JobRepository.open_attempt` and :meth:`JobRepository.advance`: one statement
+#: each (one round trip), in PL/pgSQL functions whose plans each connection keeps
+#: (migration 0007 holds them and what they do), in psycopg2's own parameter style (run by
+#: :meth:`JobRepository._driver`).
+_OPEN_ATTEMPT = ("SELECT * FROM orchestrator_open_attempt(%(job_id)s, %(state)s, %(lost)s, "
+                 "%(first)s, %(task_id)s, %(previous)s)")
+_ADVANCE = ("SELECT * FROM orchestrator_advance(%(job_id)s, %(state)s, %(to_state)s, "
+            "%(reason)s, %(fence)s, %(attempt)s, %(terminal)s, %(output)s, "
+            "%(plan_reference)s, %(result_reference)s, %(reused_from)s)")
 _ADVANCE_FIELDS = frozenset({"plan_reference", "result_reference"})
+
+#: A job's start (:func:`orchestrator.service.start_job`): the insert and its outbox row,
+#: likewise run by psycopg2 itself (building and compiling them through SQLAlchemy was
+#: about a quarter of the API's CPU a start).
+_INSERT_IF_ABSENT = """
+INSERT INTO jobs (job_id, current_state, input, correlation_id, redriven_from, retry_count,
+                  fence, resume_count, created_at, updated_at, last_progress_at)
+VALUES (CAST(%(job_id)s AS uuid), 'UPLOADED', CAST(%(input)s AS jsonb), %(correlation_id)s,
+        CAST(%(redriven_from)s AS uuid), 0, 0, 0, now(), now(), now())
+ON CONFLICT (job_id) DO NOTHING
+RETURNING true
+"""
+_ADD_ENQUEUE = """
+INSERT INTO job_enqueues (job_id, from_state, correlation_id, fence, created_at, attempts,
+                          next_attempt_at)
+VALUES (CAST(%(job_id)s AS uuid), %(from_state)s, %(correlation_id)s, %(fence)s, now(), 0,
+        now() + make_interval(secs => %(delay)s))
+ON CONFLICT (job_id) DO NOTHING
+"""
+_ENQUEUE_SENT = "DELETE FROM job_enqueues WHERE job_id = CAST(%(job_id)s AS uuid)"
 
 
 #: :meth:`JobRepository.claim_events`: lock the due pending events past other relays
@@ -228,6 +188,8 @@ class JobRepository:
         as psycopg2 gives them (a uuid as a str; jsonb already decoded)."""
         with self._dbapi().cursor() as cursor:
             cursor.execute(sql, params)
+            if cursor.description is None:  # no rows to return (no RETURNING)
+                return None
             row = cursor.fetchone()
             if row is None:
                 return None
@@ -244,15 +206,11 @@ class JobRepository:
     def insert_if_absent(self, job_id: UUID, input: dict[str, Any],
                          correlation_id: str | None, *, redriven_from: UUID | None = None
                          ) -> bool:
-        result = self.c.execute(
-            insert(jobs).values(job_id=job_id, current_state=State.UPLOADED.value,
-                                input=input, correlation_id=correlation_id,
-                                redriven_from=redriven_from,
-                                retry_count=0, fence=0, resume_count=0,
-                                created_at=func.now(), updated_at=func.now(),
-                                last_progress_at=func.now())
-            .on_conflict_do_nothing(index_elements=[jobs.c.job_id]))
-        return result.rowcount == 1
+        return self._driver(_INSERT_IF_ABSENT, {
+            "job_id": str(job_id), "input": json.dumps(input),
+            "correlation_id": correlation_id,
+            "redriven_from": str(redriven_from) if redriven_from else None,
+        }) is not None
 
     def move(self, job_id: UUID, from_state: State, to_state: State, reason: str, *,
              fence: int | None = None, error_message: str | None = None,
@@ -463,14 +421,12 @@ class JobRepository:
 
     def add_enqueue(self, job_id: UUID, from_state: State, correlation_id: str | None, *,
                     fence: int, delay: float) -> None:
-        self.c.execute(
-            insert(job_enqueues).values(
-                job_id=job_id, from_state=from_state.value, correlation_id=correlation_id,
-                fence=fence, created_at=func.now(), attempts=0, next_attempt_at=_in(delay))
-            .on_conflict_do_nothing(index_elements=[job_enqueues.c.job_id]))
+        self._driver(_ADD_ENQUEUE, {"job_id": str(job_id), "from_state": from_state.value,
+                                    "correlation_id": correlation_id, "fence": fence,
+                                    "delay": delay})
 
     def enqueue_sent(self, job_id: UUID) -> None:
-        self.c.execute(job_enqueues.delete().where(job_enqueues.c.job_id == job_id))
+        self._driver(_ENQUEUE_SENT, {"job_id": str(job_id)})
 
     def claim_enqueues(self, limit: int, lease: float) -> list[PendingEnqueue]:
         rows = self.c.execute(_CLAIM_ENQUEUES, {"limit": limit, "lease": lease}).mappings()
