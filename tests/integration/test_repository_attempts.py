@@ -185,3 +185,21 @@ def test_a_session_dying_under_a_statement_fails_it_and_is_not_reused(uow, modul
     # And the next block runs on a new session
     with uow(single=True) as jobs:
         assert jobs.open_attempt(job_id, State.PLANNING, "t2") is not None
+
+
+def test_both_statements_run_as_the_functions_whose_plans_a_session_keeps(uow):
+    """Migration 0007: a stage's two statements are PL/pgSQL functions (planned once per
+    session, not on every call); the repository must call them, not a statement of its
+    own that PostgreSQL would plan anew each time."""
+    job_id = planning_job(uow)
+    with uow() as jobs:
+        jobs._driver("SET LOCAL track_functions = 'pl'", {})
+        opened = jobs.open_attempt(job_id, State.PLANNING, "t1")
+        assert opened is not None
+        assert jobs.advance(job_id, State.PLANNING, State.PARSING, "done", fence=opened.fence,
+                            attempt=opened.attempt, output={"x": 1}) is not None
+        calls = jobs._driver(
+            "SELECT count(*) FILTER (WHERE funcname = 'orchestrator_open_attempt') AS opens,"
+            " count(*) FILTER (WHERE funcname = 'orchestrator_advance') AS advances"
+            " FROM pg_stat_xact_user_functions", {})
+    assert calls == {"opens": 1, "advances": 1}
