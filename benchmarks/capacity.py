@@ -37,9 +37,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from benchmarks.memory import tree_memory
-from benchmarks.stack import BenchmarkError, Stack
+from benchmarks.stack import BenchmarkError, Stack, wait_all_ready
 from benchmarks.stats import r
 from benchmarks.versus import start_jobs
+from cli.workers import process_count
 from tests.support.downstream_server import Reply
 from tests.support.processes import Service, start_worker
 
@@ -134,6 +135,8 @@ def capacity_worker(stack: Stack, pool: str, concurrency: int) -> Iterator[Servi
     worker = start_worker(f"capacity-{pool}-{concurrency}", env, stack.worker.log_path.parent,
                           concurrency=concurrency, pool=pool)
     try:
+        if pool == "threads":
+            wait_all_ready(worker, process_count(None, concurrency))
         yield worker
     except BenchmarkError:
         tail = worker.log_path.read_text(errors="replace").splitlines()[-15:]

@@ -31,7 +31,14 @@ from benchmarks import (
     overhead,
     versus,
 )
-from benchmarks.stack import WORKER_CONCURRENCY, WORKER_POOL, BenchmarkError, Stack, running_stack
+from benchmarks.stack import (
+    WORKER_CONCURRENCY,
+    WORKER_POOL,
+    WORKER_PROCESSES,
+    BenchmarkError,
+    Stack,
+    running_stack,
+)
 
 #: ``QUICK=1``: the short run (under 2 minutes): fewer jobs, no sweep, no capacity.
 QUICK = os.environ.get("QUICK", "") not in ("", "0")
@@ -86,7 +93,7 @@ def report(figures: dict[str, Any], setup_s: float, total_s: float) -> dict[str,
         "bare_burst_latency_p50_ms")}
     return {**headline, **figures, "quick": QUICK, "jobs": jobs, "latency_jobs": IDLE_JOBS,
             "burst_jobs": BURST_JOBS, "worker_pool": WORKER_POOL,
-            "worker_concurrency": WORKER_CONCURRENCY,
+            "worker_concurrency": WORKER_CONCURRENCY, "worker_processes": WORKER_PROCESSES,
             "api_threads": api_latency.THREADS, "setup_s": round(setup_s, 1),
             "total_s": round(total_s, 1)}
 

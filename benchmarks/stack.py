@@ -25,14 +25,17 @@ import psycopg2
 import requests
 
 from cli.embedded import free_port
+from cli.workers import process_count
 from tests.conftest import API_TOKEN, make_env
 from tests.support.downstream_server import ScriptedDownstream
 from tests.support.processes import Service, start_api, start_worker
 from tests.support.services import test_postgres, test_redis
 
-#: The stack's worker is the one ``orchestrator worker`` ships: threads ×100.
+#: The stack's worker is the one ``orchestrator worker`` ships: threads ×100, in one
+#: process per CPU (at most 4), 100 stages in flight shared between them.
 WORKER_CONCURRENCY = 100
 WORKER_POOL = "threads"
+WORKER_PROCESSES = process_count(None, WORKER_CONCURRENCY)
 TERMINAL = ("COMPLETED", "FAILED")
 
 #: The product's defaults (``.env.example``) for what make_env shortens for the tests.
@@ -41,7 +44,8 @@ PRODUCT_DEFAULTS = {
     "COSTING_TIMEOUT": "60", "HARD_TIMEOUT_GRACE": "10",
     "RETRY_BACKOFF_BASE": "2", "RETRY_BACKOFF_MAX": "60", "RETRY_JITTER": "true",
     "LOCK_TTL": "300", "RECOVERY_INTERVAL": "60", "RECOVERY_STALE_AFTER": "300",
-    "WORKER_CONCURRENCY": str(WORKER_CONCURRENCY), "LOG_LEVEL": "INFO",
+    "WORKER_CONCURRENCY": str(WORKER_CONCURRENCY), "WORKER_PROCESSES": "auto",
+    "LOG_LEVEL": "INFO",
 }
 
 
@@ -155,6 +159,7 @@ def running_stack() -> Iterator[Stack]:
         worker = start_worker("bench-worker", env, log_dir, concurrency=WORKER_CONCURRENCY,
                               pool=WORKER_POOL)
         stack.callback(worker.stop)
+        wait_all_ready(worker, WORKER_PROCESSES)
         db = JobsDb(database_url)
         stack.callback(db.close)
         running = Stack(f"http://127.0.0.1:{port}", env, api, worker, downstream, db)
@@ -163,6 +168,15 @@ def running_stack() -> Iterator[Stack]:
         except BenchmarkError:
             print_log_tails(running)
             raise
+
+
+def wait_all_ready(worker: Service, processes: int, timeout: float = 60) -> None:
+    """Until each of the worker's processes has said ``worker.ready``."""
+    deadline = time.monotonic() + timeout
+    while sum(1 for e in worker.events() if e.get("event") == "worker.ready") < processes:
+        if worker.proc.poll() is not None or time.monotonic() > deadline:
+            raise BenchmarkError(f"{worker.name}: not all {processes} processes ready")
+        time.sleep(0.05)
 
 
 def print_log_tails(stack: Stack, lines: int = 15) -> None:

@@ -38,6 +38,7 @@ import requests
 from benchmarks import bare_chain
 from benchmarks.stack import BenchmarkError, Stack
 from benchmarks.stats import percentile, r, summary
+from cli.workers import process_count, shares
 from orchestrator.settings import Settings
 from tests.support.processes import Service
 
@@ -101,28 +102,37 @@ def orchestrator_burst(stack: Stack, jobs: int) -> Burst:
 class BareChain:
     """The bare chain's worker and the means to start chains and see them end."""
 
-    def __init__(self, stack: Stack, concurrency: int):
+    def __init__(self, stack: Stack, concurrency: int, processes: int):
         broker = Settings.from_env(stack.env).broker_url
         assert broker
         self.queue = f"{stack.env['CELERY_QUEUE']}-bare-{concurrency}"
         self.done_key = f"{self.queue}:done"
         bare_chain.configure(broker, self.queue)
         self.redis = redis.Redis.from_url(broker)
-        env = {"BARE_BROKER_URL": broker, "BARE_QUEUE": self.queue,
-               "BARE_DOWNSTREAM": stack.downstream.base_url, "BARE_DONE_KEY": self.done_key,
-               "BARE_CONCURRENCY": str(concurrency)}
-        argv = [sys.executable, "-m", "celery", "-A", "benchmarks.bare_chain", "worker",
-                "--pool", "threads", "--concurrency", str(concurrency), "--loglevel",
-                "WARNING", "--hostname", f"bare-{concurrency}@%h", "--without-gossip",
-                "--without-mingle", "--without-heartbeat"]
-        self.worker = Service(f"bare-{concurrency}", argv, env, stack.worker.log_path.parent)
+        # As many Celery workers as the orchestrator's worker has processes, the same
+        # concurrency shared between them the same way
+        self.workers = []
+        for n, share in enumerate(shares(concurrency, processes), start=1):
+            env = {"BARE_BROKER_URL": broker, "BARE_QUEUE": self.queue,
+                   "BARE_DOWNSTREAM": stack.downstream.base_url,
+                   "BARE_DONE_KEY": self.done_key, "BARE_CONCURRENCY": str(share)}
+            argv = [sys.executable, "-m", "celery", "-A", "benchmarks.bare_chain", "worker",
+                    "--pool", "threads", "--concurrency", str(share), "--loglevel",
+                    "WARNING", "--hostname", f"bare-{concurrency}-{n}@%h",
+                    "--without-gossip", "--without-mingle", "--without-heartbeat"]
+            self.workers.append(Service(f"bare-{concurrency}-{n}", argv, env,
+                                        stack.worker.log_path.parent))
         # Ready when a first chain has gone through
         self.one(uuid.uuid4())
 
     def stop(self) -> None:
-        self.worker.stop()
+        for worker in self.workers:
+            worker.stop()
         self.redis.delete(self.done_key, self.queue)
         self.redis.close()
+
+    def dead(self) -> bool:
+        return any(worker.proc.poll() is not None for worker in self.workers)
 
     def ended(self, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, float]:
         values = self.redis.hmget(self.done_key, [str(j) for j in job_ids])
@@ -134,9 +144,9 @@ class BareChain:
         bare_chain.send(str(job_id))
         deadline = time.monotonic() + 60
         while (ended := self.redis.hget(self.done_key, str(job_id))) is None:
-            if self.worker.proc.poll() is not None or time.monotonic() > deadline:
+            if self.dead() or time.monotonic() > deadline:
                 raise BenchmarkError(f"bare chain {job_id} did not end; worker log: "
-                                     + self.worker.log_path.read_text()[-2000:])
+                                     + self.workers[0].log_path.read_text()[-2000:])
             time.sleep(POLL_INTERVAL)
         return (float(ended) - started) * 1000
 
@@ -147,7 +157,7 @@ class BareChain:
                           lambda: None)
         deadline = began + TIMEOUT
         while len(self.ended(job_ids)) < jobs:
-            if self.worker.proc.poll() is not None or time.monotonic() > deadline:
+            if self.dead() or time.monotonic() > deadline:
                 raise BenchmarkError(f"bare burst did not end in {TIMEOUT}s")
             time.sleep(0.02)
         wall = time.monotonic() - began
@@ -160,7 +170,7 @@ class BareChain:
 
 @contextlib.contextmanager
 def bare_chain_worker(stack: Stack, concurrency: int) -> Iterator[BareChain]:
-    bare = BareChain(stack, concurrency)
+    bare = BareChain(stack, concurrency, process_count(None, concurrency))
     try:
         yield bare
     finally:
@@ -187,7 +197,8 @@ def run(stack: Stack, concurrency: int, idle_jobs: int, burst_jobs: int
         theirs_runs: list[Burst] = []
         for n in range(1, ROUNDS + 1):
             ours_runs.append(orchestrator_burst(stack, burst_jobs))
-            print(f"[versus] round {n}: orchestrator (threads ×{concurrency}), burst of "
+            print(f"[versus] round {n}: orchestrator (threads ×{concurrency} in "
+                  f"{len(bare.workers)} process(es)), burst of "
                   f"{burst_jobs}: {ours_runs[-1].rate:.1f} jobs/s, each job "
                   f"{summary(ours_runs[-1].latencies_ms)}", flush=True)
             theirs_runs.append(bare.burst(burst_jobs))

@@ -16,7 +16,7 @@ from cli.startup import Unavailable, load_env_file, one_line_errors
 from orchestrator.errors import ConfigError
 from orchestrator.logs import configure_logging
 from orchestrator.models import MAX_ERROR_MESSAGE
-from orchestrator.settings import Settings, redact_url
+from orchestrator.settings import Settings, parse_processes, redact_url
 from orchestrator.states import State
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -131,28 +131,56 @@ def api() -> None:
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.option("-P", "--pool", type=click.Choice(["threads", "prefork"]), default="threads",
               show_default=True,
-              help="threads: WORKER_CONCURRENCY stages in flight in one process (stages "
-                   "mostly wait on their services); prefork: one process per stage.")
+              help="threads: WORKER_CONCURRENCY stages in flight, threads of one or a few "
+                   "processes (stages mostly wait on their services); prefork: one process "
+                   "per stage.")
 @click.option("--stages", help="Comma-separated stages whose queues this worker consumes "
                                 "(e.g. planning,parsing); all four by default.")
+@click.option("-c", "--concurrency", type=click.IntRange(min=1),
+              help="Stages in flight in all (default: WORKER_CONCURRENCY).")
+@click.option("--processes", metavar="N|auto",
+              help="Worker processes sharing them, threads pool only (default: "
+                   "WORKER_PROCESSES, auto: one per CPU this worker may use, at most 4).")
+@click.option("-n", "--hostname", help="Celery node name (name@host); with more than one "
+                                       "process, each is name-<i>@host.")
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 @clear_errors
-def worker(pool: str, stages: str | None, celery_args: tuple[str, ...]) -> None:
-    """Run a Celery worker holding up to WORKER_CONCURRENCY stages in flight (extra
-    arguments go to Celery)."""
-    from tasks.factory import create_celery_app
+def worker(pool: str, stages: str | None, concurrency: int | None, processes: str | None,
+           hostname: str | None, celery_args: tuple[str, ...]) -> None:
+    """Run a Celery worker holding up to WORKER_CONCURRENCY stages in flight, in one
+    process per CPU by default (extra arguments go to Celery)."""
+    from cli.workers import bind_to_supervisor, process_count, shares, supervise
 
+    bind_to_supervisor()
     settings = settings_from_env()
+    requested = (settings.worker_processes if processes is None
+                 else parse_processes("--processes", processes))
+    in_flight = concurrency or settings.worker_concurrency
     queues = stage_queue_names(settings, stages)
+    if pool == "prefork":
+        if requested not in (None, 1):
+            raise ConfigError("--processes" if processes else "WORKER_PROCESSES",
+                              "applies to the threads pool; prefork runs one process a stage")
+        count = 1
+    else:
+        count = process_count(requested, in_flight)
     settings.require_services()
     wait_for_services(settings, [POSTGRES, REDIS, BROKER])
     configure_logging(settings.log_level)
+    if count > 1:
+        sys.exit(supervise(
+            concurrencies=shares(in_flight, count), hostname=hostname,
+            child_args=["--pool", pool, *(["--stages", stages] if stages else []),
+                        *celery_args],
+            metrics_port=settings.worker_metrics_port,
+            metrics_flush_interval=settings.metrics_flush_interval))
+    from tasks.factory import create_celery_app
+
     app = create_celery_app(settings)
     # --quiet: no ASCII banner, so every line of the worker's output is JSON.
-    app.start(["--quiet", "worker", "--pool", pool,
-                     "--concurrency", str(settings.worker_concurrency),
-                     "--loglevel", settings.log_level, "--queues", ",".join(queues),
-                     *celery_args])
+    app.start(["--quiet", "worker", "--pool", pool, "--concurrency", str(in_flight),
+               "--loglevel", settings.log_level, "--queues", ",".join(queues),
+               *(["--hostname", hostname] if hostname else []), *celery_args])
 
 
 def stage_queue_names(settings: Settings, stages: str | None) -> list[str]:

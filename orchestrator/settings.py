@@ -53,6 +53,9 @@ class _Env:
     def integer(self, name: str, default: int, *, minimum: int, maximum: int = 10**9) -> int:
         return int(self.number(name, default, minimum=minimum, integer=True, maximum=maximum))
 
+    def processes(self, name: str) -> int | None:
+        return parse_processes(name, self.raw(name))
+
     def port(self, name: str, default: int) -> int:
         return self.integer(name, default, minimum=1, maximum=65535)
 
@@ -97,6 +100,16 @@ def broker_from_redis(redis_url: str | None) -> str | None:
     return redis_url
 
 
+def parse_processes(name: str, value: str | None) -> int | None:
+    """A count of worker processes, 1 to 64, or None for ``auto`` (or unset)."""
+    if value is None or value.strip().lower() in ("", "auto"):
+        return None
+    value = value.strip()
+    if not value.isdigit() or not 1 <= int(value) <= 64:
+        raise ConfigError(name, f"must be 'auto' or an integer from 1 to 64, got {value!r}")
+    return int(value)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the orchestrator reads from its environment."""
@@ -126,6 +139,9 @@ class Settings:
     api_workers: int = 2
     downstream_port: int = 8002
     worker_concurrency: int = 100
+    #: Worker processes `orchestrator worker` runs, sharing WORKER_CONCURRENCY between them;
+    #: None ("auto"): one per CPU this process may use (cli.workers.usable_cpus).
+    worker_processes: int | None = None
     # Terminal-event notifications and the enqueue outbox (orchestrator.outbox).
     notify_url: str | None = field(default=None, repr=False)
     notify_secret: str | None = field(default=None, repr=False)
@@ -178,6 +194,7 @@ class Settings:
             api_workers=env.integer("ORCHESTRATOR_API_WORKERS", 2, minimum=1),
             downstream_port=env.port("DOWNSTREAM_PORT", 8002),
             worker_concurrency=env.integer("WORKER_CONCURRENCY", 100, minimum=1),
+            worker_processes=env.processes("WORKER_PROCESSES"),
             **_notify_settings(env),
             startup_timeout=env.number("STARTUP_TIMEOUT", 30.0, minimum=0, maximum=86400),
             log_level=log_level,

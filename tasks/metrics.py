@@ -43,6 +43,10 @@ from orchestrator.metrics import Key, Recorder, add_into, encode, families
 
 log = logging.getLogger(__name__)
 
+#: Set by the supervisor of a worker's few processes (cli.workers): the directory its
+#: children write their snapshots to, and which it serves.
+METRICS_DIR_ENV = "ORCHESTRATOR_WORKER_METRICS_DIR"
+
 #: A process's in-flight counts outlive its last flush by this many intervals.
 IN_FLIGHT_TTL_INTERVALS = 3
 
@@ -223,8 +227,14 @@ class MetricsStep(bootsteps.StartStopStep):
         runtime = worker.app.runtime
         self.port: int | None = runtime.settings.worker_metrics_port
         self.directory: Path | None = None
-        if self.port is not None:
+        self.owned = False
+        # One process of a few (cli.workers): the supervisor serves, from its directory.
+        supervised = os.environ.get(METRICS_DIR_ENV)
+        if supervised and self.port is not None:
+            self.directory, self.port = Path(supervised), None
+        elif self.port is not None:
             self.directory = Path(tempfile.mkdtemp(prefix="orchestrator-worker-metrics-"))
+            self.owned = True
         runtime.metrics_dir = self.directory
         self.flusher: Flusher | None = None
         self.server: Any = None
@@ -255,5 +265,5 @@ class MetricsStep(bootsteps.StartStopStep):
         if self.server is not None:
             self.server.shutdown()
             self.server = None
-        if self.directory is not None:
+        if self.directory is not None and self.owned:
             shutil.rmtree(self.directory, ignore_errors=True)

@@ -114,6 +114,9 @@ def make_env(database_url: str, redis_url: str, downstream: ScriptedDownstream,
         "RETRY_BACKOFF_BASE": "0.2", "RETRY_BACKOFF_MAX": "2", "RETRY_JITTER": "false",
         "LOCK_TTL": "6", "RECOVERY_INTERVAL": "1", "RECOVERY_STALE_AFTER": "6",
         "WORKER_CONCURRENCY": "2",
+        # One process: each test's worker is one Celery worker, as each of a few is under
+        # `orchestrator worker`'s supervisor (tested on its own, test_worker_processes.py).
+        "WORKER_PROCESSES": "1",
         "LOG_LEVEL": "INFO",
         **downstream.env(),
     }

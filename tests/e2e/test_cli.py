@@ -54,6 +54,12 @@ def test_every_command_has_help(command):
     (["worker"], {"DATABASE_URL": "postgresql://x/y", "REDIS_URL": "redis://x",
                   "STARTUP_TIMEOUT": "soon"}, "STARTUP_TIMEOUT"),
     (["jobs", "list"], {"STARTUP_TIMEOUT": "-1"}, "STARTUP_TIMEOUT"),
+    (["worker"], {"DATABASE_URL": "postgresql://x/y", "REDIS_URL": "redis://x",
+                  "WORKER_PROCESSES": "many"}, "WORKER_PROCESSES"),
+    (["worker", "--processes", "0"], {"DATABASE_URL": "postgresql://x/y",
+                                      "REDIS_URL": "redis://x"}, "--processes"),
+    (["worker", "-P", "prefork", "--processes", "2"],
+     {"DATABASE_URL": "postgresql://x/y", "REDIS_URL": "redis://x"}, "--processes"),
     # URLs of the right scheme that their client cannot read: at once, not after a wait
     (["jobs", "list"], {"DATABASE_URL": "postgresql://u@127.0.0.1:99999/db",
                         "STARTUP_TIMEOUT": "60"}, "DATABASE_URL"),

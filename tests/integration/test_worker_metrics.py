@@ -356,3 +356,37 @@ def test_a_bad_metrics_setting_stops_the_worker_naming_it(database_url, redis_ur
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert variable in done.stderr + done.stdout
+
+
+def test_a_worker_of_a_few_processes_serves_their_sum_on_its_port(deploy, downstream):
+    # Given a worker of two processes (one stage in flight each), with WORKER_METRICS_PORT
+    port = free_port()
+    d = deploy(WORKER_METRICS_PORT=port, WORKER_PROCESSES=2)
+    worker = d.worker("two-processes", concurrency=2)
+    wait_for(lambda: len(ready_pids(worker)) == 2, 60, "both processes to be ready")
+    base = f"http://127.0.0.1:{port}"
+
+    def own() -> Samples:
+        return parse(requests.get(f"{base}/metrics", timeout=5).text)
+
+    # When two jobs hang in PLANNING, so that each process runs one
+    jobs = [uuid.uuid4() for _ in range(2)]
+    releases = [start_with_a_hang(d.api, downstream, job, "PLANNING") for job in jobs]
+    running = {e["pid"] for e in worker.events() if e.get("event") == "stage.started"}
+    assert running == ready_pids(worker)
+    # Then the supervisor's endpoint shows both in flight
+    d.wait_metrics(lambda s: value(s, "orchestrator_stages_in_flight", stage="PLANNING") == 2,
+                   "both PLANNING stages in flight on the worker's port", scrape=own)
+    for release in releases:
+        release.set()
+    for job in jobs:
+        d.api.wait_state(job, "COMPLETED")
+    # And every attempt of both processes, as the API does
+    for scrape in (own, None):
+        d.wait_metrics(lambda s: all(attempts(s, stage, "success") == 2 for stage in STAGES)
+                       and value(s, "orchestrator_stages_in_flight", stage="PLANNING") == 0,
+                       "both jobs' attempts", scrape=scrape)
+
+
+def ready_pids(worker: Service) -> set[int]:
+    return {e["pid"] for e in worker.events() if e.get("event") == "worker.ready"}

@@ -1,0 +1,198 @@
+"""`orchestrator worker` as a few processes (cli.workers): one Celery worker per process,
+sharing the stages in flight; a process killed is replaced and its job recovered; killing
+the supervisor takes its processes with it; SIGTERM lets each finish its stage. Real
+processes, real signals; the lock's TTL and recovery short through configuration."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from api.app import create_app
+from orchestrator.settings import Settings
+from tests.conftest import make_env
+from tests.integration.conftest import HAPPY_PATH, Api, start_with_a_hang, transitions
+from tests.support.processes import Service, start_worker, wait_for
+
+pytestmark = pytest.mark.integration
+
+FAST_RECOVERY = {"LOCK_TTL": 2, "RECOVERY_STALE_AFTER": 2, "RECOVERY_INTERVAL": 0.5,
+                 **{f"{s}_TIMEOUT": 120 for s in ("PLANNING", "PARSING", "ENRICHING",
+                                                  "COSTING")}}
+
+
+@pytest.fixture
+def deployment(private_database, redis_url, downstream, log_dir):
+    env = make_env(private_database, redis_url, downstream, **FAST_RECOVERY)
+    api = Api(create_app(Settings.from_env(env)).test_client())
+    started: list[Service] = []
+
+    def worker(processes: int, concurrency: int) -> Service:
+        service = start_worker(f"procs-{uuid.uuid4().hex[:6]}",
+                               {**env, "WORKER_PROCESSES": str(processes)}, log_dir,
+                               concurrency=concurrency)
+        started.append(service)
+        return service
+
+    yield api, worker
+    for service in started:
+        service.stop()
+
+
+def ready(worker: Service) -> list[dict]:
+    return [e for e in worker.events() if e.get("event") == "worker.ready"]
+
+
+def wait_ready(worker: Service, count: int) -> list[dict]:
+    return wait_for(lambda: r if len(r := ready(worker)) >= count else None, 60,
+                    f"{count} worker processes to be ready")
+
+
+def started_by(worker: Service, job_id: object, stage: str) -> int:
+    """The pid of the process that started ``stage`` of the job."""
+    return wait_for(lambda: next((e["pid"] for e in worker.events()
+                                  if e.get("event") == "stage.started"
+                                  and e.get("job_id") == str(job_id)
+                                  and e.get("stage") == stage), None),
+                    30, f"{stage} of {job_id} to start")
+
+
+def stage_rows(job, stage):
+    return [(s["attempt_number"], s["status"], s["error_message"])
+            for s in job["stages"] if s["stage_name"] == stage]
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie, dead but not yet reaped by whoever adopted it, is not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_each_process_is_a_celery_worker_of_its_own_sharing_the_stages(deployment,
+                                                                      downstream):
+    api, worker = deployment
+    # Given a worker of two processes holding four stages in flight in all
+    service = worker(processes=2, concurrency=4)
+    processes = wait_ready(service, 2)
+    # Then each is a Celery worker of its own name, under the supervisor
+    assert len({e["pid"] for e in processes}) == 2
+    assert service.proc.pid not in {e["pid"] for e in processes}
+    names = sorted(e["hostname"].split("@")[0] for e in processes)
+    assert names == [f"{service.name}-1", f"{service.name}-2"]
+    assert service.has_event("worker.processes", processes=2, concurrency=4, shares=[2, 2])
+    # When four jobs hang in PLANNING
+    jobs = [uuid.uuid4() for _ in range(4)]
+    releases = [start_with_a_hang(api, downstream, job, "PLANNING") for job in jobs]
+    # Then all four are in flight at once, two in each process
+    pids = [started_by(service, job, "PLANNING") for job in jobs]
+    assert sorted(pids.count(pid) for pid in set(pids)) == [2, 2]
+    for release in releases:
+        release.set()
+    # And every job goes through exactly once
+    for job in jobs:
+        done = api.wait_state(job, "COMPLETED", "FAILED", timeout=60)
+        assert transitions(done) == HAPPY_PATH
+        assert [s["status"] for s in done["stages"]] == ["SUCCESS"] * 4
+
+
+def test_a_process_killed_is_replaced_and_its_job_completes_exactly_once(deployment,
+                                                                         downstream):
+    api, worker = deployment
+    service = worker(processes=2, concurrency=2)
+    wait_ready(service, 2)
+    # Given a job whose PARSING hangs in one of the two processes
+    job = uuid.uuid4()
+    hang = start_with_a_hang(api, downstream, job, "PARSING")
+    lost = downstream.call(job, "PARSING", 1)
+    victim = started_by(service, job, "PARSING")
+    # When that process alone is killed with SIGKILL
+    try:
+        os.kill(victim, signal.SIGKILL)
+        downstream.wait_ended(lost)
+    finally:
+        hang.set()
+    # Then the supervisor starts another in its place, and stays up
+    service.wait_event("worker.process_exited", timeout=30, child_pid=victim,
+                       exit_code=-signal.SIGKILL, restarting=True)
+    replaced = wait_ready(service, 3)
+    assert len({e["pid"] for e in replaced}) == 3
+    assert service.proc.poll() is None
+    # And the job is resumed once the lock expires and completes, PARSING run twice
+    done = api.wait_state(job, "COMPLETED", "FAILED", timeout=60)
+    assert transitions(done) == HAPPY_PATH
+    assert stage_rows(done, "PARSING") == [(1, "FAILED", "worker lost"), (2, "SUCCESS", None)]
+    assert [c.attempt for c in downstream.calls_for(job, "PARSING")] == [1, 2]
+
+
+def test_killing_the_supervisor_takes_its_processes_with_it(deployment, downstream):
+    api, worker = deployment
+    service = worker(processes=2, concurrency=2)
+    children = {e["pid"] for e in wait_ready(service, 2)}
+    # Given a job whose PLANNING hangs in one of them
+    job = uuid.uuid4()
+    hang = start_with_a_hang(api, downstream, job, "PLANNING")
+    lost = downstream.call(job, "PLANNING", 1)
+    # When the supervisor alone is killed with SIGKILL
+    try:
+        os.kill(service.proc.pid, signal.SIGKILL)
+        service.proc.wait(timeout=10)
+        # Then its processes die too (no orphan goes on running stages), the call's
+        # connection with them
+        wait_for(lambda: not any(alive(pid) for pid in children), 30,
+                 "the worker's processes to die with it")
+        downstream.wait_ended(lost)
+    finally:
+        hang.set()
+    assert lost.disconnected_at is not None and lost.replied_at is None
+    # And a new worker resumes the job, which completes exactly once
+    worker(processes=1, concurrency=2)
+    done = api.wait_state(job, "COMPLETED", "FAILED", timeout=60)
+    assert transitions(done) == HAPPY_PATH
+    assert stage_rows(done, "PLANNING") == [(1, "FAILED", "worker lost"),
+                                            (2, "SUCCESS", None)]
+
+
+def test_sigterm_lets_every_process_finish_its_stage_then_stops(deployment, downstream):
+    api, worker = deployment
+    service = worker(processes=2, concurrency=2)
+    wait_ready(service, 2)
+    # Given two jobs in PLANNING, one in each process, answering only when released
+    jobs = [uuid.uuid4() for _ in range(2)]
+    releases = [start_with_a_hang(api, downstream, job, "PLANNING") for job in jobs]
+    assert len({started_by(service, job, "PLANNING") for job in jobs}) == 2
+    # When the supervisor alone gets SIGTERM (as from `docker stop` or Kubernetes)
+    os.kill(service.proc.pid, signal.SIGTERM)
+    service.wait_event("worker.stopping", timeout=30, signal="SIGTERM")
+    for release in releases:
+        release.set()
+    # Then each process finishes its stage, and the worker exits 0 once both have
+    assert service.proc.wait(timeout=60) == 0
+    assert service.has_event("worker.stopped", exit_code=0)
+    for job in jobs:
+        done = api.job(job)
+        assert stage_rows(done, "PLANNING") == [(1, "SUCCESS", None)]
+        assert done["current_state"] == "PARSING"
+        assert not downstream.calls_for(job, "PARSING")
+
+
+def test_a_process_that_cannot_start_stops_the_worker_with_its_exit_code(
+        deployment, downstream, private_database, redis_url, log_dir):
+    # Given a worker of two processes whose children cannot start: an unknown Celery
+    # option, which the supervisor passes on to each
+    env = {**make_env(private_database, redis_url, downstream), "WORKER_PROCESSES": "2"}
+    done = subprocess.run([sys.executable, "-m", "cli", "worker", "--no-such-option"],
+                          env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=120)
+    # Then the worker exits non-zero as one process would, and says why
+    assert done.returncode != 0
+    assert "no-such-option" in done.stderr + done.stdout
+    assert '"worker.process_exited"' in done.stdout + done.stderr
+
