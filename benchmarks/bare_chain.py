@@ -82,7 +82,9 @@ def configure(broker_url: str, queue: str) -> None:
     app.conf.update(broker_url=broker_url, task_default_queue=queue)
 
 
-def send(job_id: str) -> None:
-    """Start one chain (from the benchmark's process)."""
-    chain(planning.si(job_id), parsing.si(job_id), enriching.si(job_id),
-          costing.si(job_id)).apply_async()
+def send(job_id: str, queue: str | None = None) -> None:
+    """Start one chain (from the benchmark's process), every task of it on ``queue`` (by
+    default the configured one)."""
+    options = {"queue": queue} if queue else {}
+    chain(*(task.si(job_id).set(**options)
+            for task in (planning, parsing, enriching, costing))).apply_async()

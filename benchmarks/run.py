@@ -34,7 +34,6 @@ from benchmarks import (
 from benchmarks.stack import (
     WORKER_CONCURRENCY,
     WORKER_POOL,
-    WORKER_PROCESSES,
     BenchmarkError,
     Stack,
     running_stack,
@@ -93,7 +92,7 @@ def report(figures: dict[str, Any], setup_s: float, total_s: float) -> dict[str,
         "bare_burst_latency_p50_ms")}
     return {**headline, **figures, "quick": QUICK, "jobs": jobs, "latency_jobs": IDLE_JOBS,
             "burst_jobs": BURST_JOBS, "worker_pool": WORKER_POOL,
-            "worker_concurrency": WORKER_CONCURRENCY, "worker_processes": WORKER_PROCESSES,
+            "worker_concurrency": WORKER_CONCURRENCY,
             "api_threads": api_latency.THREADS, "setup_s": round(setup_s, 1),
             "total_s": round(total_s, 1)}
 

@@ -105,7 +105,7 @@ class BareChain:
     def __init__(self, stack: Stack, concurrency: int, processes: int):
         broker = Settings.from_env(stack.env).broker_url
         assert broker
-        self.queue = f"{stack.env['CELERY_QUEUE']}-bare-{concurrency}"
+        self.queue = f"{stack.env['CELERY_QUEUE']}-bare-{concurrency}x{processes}"
         self.done_key = f"{self.queue}:done"
         bare_chain.configure(broker, self.queue)
         self.redis = redis.Redis.from_url(broker)
@@ -118,9 +118,9 @@ class BareChain:
                    "BARE_DONE_KEY": self.done_key, "BARE_CONCURRENCY": str(share)}
             argv = [sys.executable, "-m", "celery", "-A", "benchmarks.bare_chain", "worker",
                     "--pool", "threads", "--concurrency", str(share), "--loglevel",
-                    "WARNING", "--hostname", f"bare-{concurrency}-{n}@%h",
+                    "WARNING", "--hostname", f"bare-{concurrency}x{processes}-{n}@%h",
                     "--without-gossip", "--without-mingle", "--without-heartbeat"]
-            self.workers.append(Service(f"bare-{concurrency}-{n}", argv, env,
+            self.workers.append(Service(f"bare-{concurrency}x{processes}-{n}", argv, env,
                                         stack.worker.log_path.parent))
         # Ready when a first chain has gone through
         self.one(uuid.uuid4())
@@ -141,7 +141,7 @@ class BareChain:
     def one(self, job_id: uuid.UUID) -> float:
         """Start one chain and wait for its end: its latency in ms, to its own stamp."""
         started = time.time()
-        bare_chain.send(str(job_id))
+        bare_chain.send(str(job_id), self.queue)
         deadline = time.monotonic() + 60
         while (ended := self.redis.hget(self.done_key, str(job_id))) is None:
             if self.dead() or time.monotonic() > deadline:
@@ -153,7 +153,8 @@ class BareChain:
     def burst(self, jobs: int) -> Burst:
         job_ids = [uuid.uuid4() for _ in range(jobs)]
         began = time.monotonic()
-        stamps = _fan_out(lambda _, job_id: bare_chain.send(str(job_id)), job_ids,
+        stamps = _fan_out(lambda _, job_id: bare_chain.send(str(job_id), self.queue),
+                          job_ids,
                           lambda: None)
         deadline = began + TIMEOUT
         while len(self.ended(job_ids)) < jobs:
@@ -169,8 +170,11 @@ class BareChain:
 
 
 @contextlib.contextmanager
-def bare_chain_worker(stack: Stack, concurrency: int) -> Iterator[BareChain]:
-    bare = BareChain(stack, concurrency, process_count(None, concurrency))
+def bare_chain_worker(stack: Stack, concurrency: int, processes: int | None = None
+                      ) -> Iterator[BareChain]:
+    """The bare chain's worker(s): as many processes as ``orchestrator worker`` runs at
+    this concurrency, unless ``processes`` says otherwise."""
+    bare = BareChain(stack, concurrency, processes or process_count(None, concurrency))
     try:
         yield bare
     finally:
@@ -190,21 +194,33 @@ def run(stack: Stack, concurrency: int, idle_jobs: int, burst_jobs: int
     """Idle latency of the bare chain, then ROUNDS bursts on each side in turns (the
     stack's worker and a bare chain's worker of the same concurrency, each idle while the
     other runs); the figures and each side's best burst."""
-    with bare_chain_worker(stack, concurrency) as bare:
+    processes = process_count(None, concurrency)
+    with contextlib.ExitStack() as workers:
+        bare = workers.enter_context(bare_chain_worker(stack, concurrency))
+        # Celery's threads pool as it runs a plain `celery worker -P threads`: one process
+        # (when ours runs more, the chain in one process is measured too, as before)
+        single = (workers.enter_context(bare_chain_worker(stack, concurrency, 1))
+                  if processes > 1 else None)
         idle = bare.idle(idle_jobs)
         print(f"[versus] bare chain: idle latency {summary(idle)}", flush=True)
         ours_runs: list[Burst] = []
         theirs_runs: list[Burst] = []
+        single_runs: list[Burst] = []
         for n in range(1, ROUNDS + 1):
             ours_runs.append(orchestrator_burst(stack, burst_jobs))
             print(f"[versus] round {n}: orchestrator (threads ×{concurrency} in "
-                  f"{len(bare.workers)} process(es)), burst of "
-                  f"{burst_jobs}: {ours_runs[-1].rate:.1f} jobs/s, each job "
+                  f"{processes} process(es)), burst of {burst_jobs}: "
+                  f"{ours_runs[-1].rate:.1f} jobs/s, each job "
                   f"{summary(ours_runs[-1].latencies_ms)}", flush=True)
             theirs_runs.append(bare.burst(burst_jobs))
-            print(f"[versus] round {n}: bare chain, burst of {burst_jobs}: "
-                  f"{theirs_runs[-1].rate:.1f} chains/s, each "
+            print(f"[versus] round {n}: bare chain ({processes} process(es)), burst of "
+                  f"{burst_jobs}: {theirs_runs[-1].rate:.1f} chains/s, each "
                   f"{summary(theirs_runs[-1].latencies_ms)}", flush=True)
+            if single is not None:
+                single_runs.append(single.burst(burst_jobs))
+                print(f"[versus] round {n}: bare chain (one process), burst of "
+                      f"{burst_jobs}: {single_runs[-1].rate:.1f} chains/s, each "
+                      f"{summary(single_runs[-1].latencies_ms)}", flush=True)
     ours = max(ours_runs, key=lambda b: b.rate)
     theirs = max(theirs_runs, key=lambda b: b.rate)
     ratio = ours.rate / theirs.rate
@@ -215,13 +231,22 @@ def run(stack: Stack, concurrency: int, idle_jobs: int, burst_jobs: int
           f"ratio {ratio:.2f} (target ≥ 0.6, goal 0.8), round by round "
           f"{', '.join(f'{x:.2f}' for x in by_round)}; burst p50 {ours.p50:.0f} ms vs "
           f"{theirs.p50:.0f} ms", flush=True)
-    return ({"throughput_jobs_per_s": r(ours.rate, 2), "throughput_wall_s": r(ours.wall, 2),
-             "bare_throughput_per_s": r(theirs.rate, 2), "throughput_ratio": r(ratio, 2),
-             "burst_latency_p50_ms": r(ours.p50), "bare_burst_latency_p50_ms": r(theirs.p50),
-             "bare_idle_latency_p50_ms": r(percentile(idle, 50)),
-             "throughput_ratio_rounds": [r(x, 2) for x in by_round],
-             "throughput_rounds": [r(b.rate, 1) for b in ours_runs],
-             "bare_throughput_rounds": [r(b.rate, 1) for b in theirs_runs]}, ours, theirs)
+    figures = {"throughput_jobs_per_s": r(ours.rate, 2), "throughput_wall_s": r(ours.wall, 2),
+               "bare_throughput_per_s": r(theirs.rate, 2), "throughput_ratio": r(ratio, 2),
+               "burst_latency_p50_ms": r(ours.p50), "bare_burst_latency_p50_ms": r(theirs.p50),
+               "bare_idle_latency_p50_ms": r(percentile(idle, 50)),
+               "throughput_ratio_rounds": [r(x, 2) for x in by_round],
+               "throughput_rounds": [r(b.rate, 1) for b in ours_runs],
+               "bare_throughput_rounds": [r(b.rate, 1) for b in theirs_runs],
+               "worker_processes_each_side": processes}
+    if single_runs:
+        best = max(single_runs, key=lambda b: b.rate)
+        print(f"[versus] against the chain in one process: {ours.rate:.1f} vs "
+              f"{best.rate:.1f}, ratio {ours.rate / best.rate:.2f}", flush=True)
+        figures.update({"bare_one_process_throughput_per_s": r(best.rate, 2),
+                        "throughput_ratio_one_process_chain": r(ours.rate / best.rate, 2),
+                        "bare_one_process_burst_latency_p50_ms": r(best.p50)})
+    return figures, ours, theirs
 
 
 def sweep(stack: Stack, levels: Sequence[int], burst_jobs: int,
