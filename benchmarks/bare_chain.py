@@ -31,6 +31,11 @@ app.conf.update(
     worker_hijack_root_logger=False,
 )
 
+#: A connection refused or reset is retried at once, up to three times, as a team would
+#: (the orchestrator retries it too); any other error ends the chain.
+RETRY: dict[str, Any] = {"autoretry_for": (requests.ConnectionError,), "max_retries": 3,
+                         "default_retry_delay": 0}
+
 _session = requests.Session()
 _adapter = requests.adapters.HTTPAdapter(
     pool_maxsize=max(int(os.environ.get("BARE_CONCURRENCY", "10")), 1))
@@ -55,22 +60,22 @@ def _stamp(job_id: str) -> None:
     _done.hset(os.environ.get("BARE_DONE_KEY", "bare:done"), job_id, repr(time.time()))
 
 
-@app.task(name="bare.planning")
+@app.task(name="bare.planning", **RETRY)
 def planning(job_id: str) -> None:
     _post("planning", job_id)
 
 
-@app.task(name="bare.parsing")
+@app.task(name="bare.parsing", **RETRY)
 def parsing(job_id: str) -> None:
     _post("parsing", job_id)
 
 
-@app.task(name="bare.enriching")
+@app.task(name="bare.enriching", **RETRY)
 def enriching(job_id: str) -> None:
     _post("enriching", job_id)
 
 
-@app.task(name="bare.costing")
+@app.task(name="bare.costing", **RETRY)
 def costing(job_id: str) -> None:
     _post("costing", job_id)
     _stamp(job_id)

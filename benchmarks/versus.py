@@ -123,7 +123,11 @@ class BareChain:
             self.workers.append(Service(f"bare-{concurrency}x{processes}-{n}", argv, env,
                                         stack.worker.log_path.parent))
         # Ready when a first chain has gone through
-        self.one(uuid.uuid4())
+        try:
+            self.one(uuid.uuid4())
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         for worker in self.workers:

@@ -99,13 +99,20 @@ def default_output(stage: str, job_id: str, input: dict[str, Any]) -> dict[str, 
     return output
 
 
+class _Server(ThreadingHTTPServer):
+    #: The listen backlog (socketserver's default is 5): a burst opens a hundred
+    #: connections at once, and past the backlog the kernel drops their SYNs (each client
+    #: then waits a second to retry) or resets them, which a bare chain does not survive.
+    request_queue_size = 1024
+
+
 class ScriptedDownstream:
     def __init__(self) -> None:
         self.calls: list[Call] = []
         self.scripts: dict[tuple[str, str], Callable[[int], Reply | None]] = {}
         self._lock = threading.Lock()
         self._order = itertools.count(1)
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server = _Server(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
