@@ -14,7 +14,8 @@ drivers. It
 - starts the children in its own process group, so ``kill -<sig> -<pgid>``, a terminal's
   Ctrl-C, ``docker stop`` and a Kubernetes pod's end reach them all;
 - passes SIGTERM, SIGINT (as SIGTERM: a warm shutdown, never Celery's cold second Ctrl-C)
-  and SIGQUIT (cold) on to each child, then exits once they all have;
+  and SIGQUIT (cold) on to each child, then exits once they all have; SIGHUP too, on
+  which each child restarts itself as Celery does, and the supervisor stays;
 - restarts a child that dies (a signal, an OOM kill, a crash after its start-up): its
   stages are recovered like any dead worker's; a child that exits by itself within
   :data:`RESTART_AFTER` seconds of its start (a start-up failure) ends the whole worker
@@ -61,6 +62,8 @@ RESTART_AFTER = 10.0
 SUPERVISOR_PID_ENV = "ORCHESTRATOR_WORKER_SUPERVISOR"
 #: (tasks.metrics.METRICS_DIR_ENV, not imported: it would import Celery here)
 METRICS_DIR_ENV = "ORCHESTRATOR_WORKER_METRICS_DIR"
+#: Every process's share, for each one's connection budget (tasks.recovery.WORKER_SHARES_ENV)
+SHARES_ENV = "ORCHESTRATOR_WORKER_SHARES"
 
 _PR_SET_PDEATHSIG = 1
 
@@ -163,9 +166,18 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sent)
 
+    def reload(self, signum: int, _frame: FrameType | None = None) -> None:
+        """SIGHUP: each child restarts itself as a Celery worker does (a warm stop, then
+        the same command again, same pid); the supervisor stays."""
+        log_event(log, "worker.reloading", processes=len(self.by_pid))
+        for pid in list(self.by_pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGHUP)
+
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             signal.signal(sig, self.forward)
+        signal.signal(signal.SIGHUP, self.reload)
         for child in self.children:
             self._start(child)
         while self.by_pid:
@@ -200,7 +212,8 @@ def supervise(*, concurrencies: Sequence[int], hostname: str | None,
               metrics_flush_interval: float) -> int:
     """Run one single-process worker per share of ``concurrencies`` until they have all
     stopped; the exit code to leave with."""
-    env = {**os.environ, SUPERVISOR_PID_ENV: str(os.getpid()), "WORKER_PROCESSES": "1"}
+    env = {**os.environ, SUPERVISOR_PID_ENV: str(os.getpid()), "WORKER_PROCESSES": "1",
+           SHARES_ENV: ",".join(str(share) for share in concurrencies)}
     metrics_dir: Path | None = None
     server = None
     if metrics_port is not None:

@@ -9,6 +9,7 @@ safe to run concurrently (``FOR UPDATE SKIP LOCKED`` in :func:`orchestrator.serv
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Any
 
@@ -33,6 +34,10 @@ def recovery_pass(app: Celery) -> int:
     return len(resumed)
 
 
+#: Set by the supervisor of a worker's few processes (cli.workers) in each: every
+#: process's share of WORKER_CONCURRENCY, comma-separated.
+WORKER_SHARES_ENV = "ORCHESTRATOR_WORKER_SHARES"
+
 #: The relay's own engine in every worker's main process (:mod:`tasks.relay`).
 RELAY_CONNECTIONS = 2
 
@@ -47,19 +52,38 @@ def connection_ceiling(pool: str, concurrency: int) -> int:
     return concurrency + 2 + RELAY_CONNECTIONS
 
 
+def worker_shares(concurrency: int) -> list[int]:
+    """The stages in flight of each process of this worker: this process's alone, or, in
+    one of a few processes (cli.workers), every process's share, as its supervisor set
+    them in ``ORCHESTRATOR_WORKER_SHARES``."""
+    shares = os.environ.get(WORKER_SHARES_ENV, "")
+    try:
+        values = [int(share) for share in shares.split(",") if share.strip()]
+    except ValueError:
+        values = []
+    return values or [concurrency]
+
+
 def check_connection_budget(app: Celery, pool: str, concurrency: int) -> None:
-    """Say at start-up whether PostgreSQL has room for this worker's connection pool; a
-    worker that may open more than is left risks stages failing to connect under a
-    burst, so that is a warning naming the figures to change."""
+    """Say at start-up whether PostgreSQL has room for this worker's connection pools
+    (every process of it, when it runs a few); a worker that may open more than is left
+    risks stages failing to connect under a burst, so that is a warning naming the
+    figures to change."""
     ceiling = connection_ceiling(pool, concurrency)
+    shares = worker_shares(concurrency) if pool == "threads" else [concurrency]
+    total = sum(connection_ceiling(pool, share) for share in shares)
     usable, in_use = connection_room(app.runtime.engine)
     room = usable - in_use + 1  # this check's own connection is the worker's
-    fits = ceiling <= room
+    fits = total <= room
     details: dict[str, Any] = {}
+    if len(shares) > 1:
+        details.update(worker_processes=len(shares), worker_may_open=total)
     if not fits:
+        whose = (f"this worker's {len(shares)} processes may open {total}" if len(shares) > 1
+                 else f"this worker may open {total}")
         details["error"] = (
-            f"this worker may open {ceiling} PostgreSQL connections ({pool} pool, "
-            f"WORKER_CONCURRENCY={concurrency}) but only {room} of {usable} are free: "
+            f"{whose} PostgreSQL connections ({pool} pool, "
+            f"WORKER_CONCURRENCY={sum(shares)}) but only {room} of {usable} are free: "
             "lower WORKER_CONCURRENCY or raise PostgreSQL's max_connections (or put "
             "PgBouncer in front)")
     log_event(log, "worker.database_budget", logging.INFO if fits else logging.WARNING,

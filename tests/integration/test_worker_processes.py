@@ -196,3 +196,32 @@ def test_a_process_that_cannot_start_stops_the_worker_with_its_exit_code(
     assert "no-such-option" in done.stderr + done.stdout
     assert '"worker.process_exited"' in done.stdout + done.stderr
 
+
+
+def test_sighup_restarts_each_process_and_the_worker_stays(deployment, downstream):
+    api, worker = deployment
+    service = worker(processes=2, concurrency=2)
+    children = {e["pid"] for e in wait_ready(service, 2)}
+    # When the supervisor gets SIGHUP
+    os.kill(service.proc.pid, signal.SIGHUP)
+    # Then each process restarts itself in place (Celery's SIGHUP: same pid, ready again)
+    service.wait_event("worker.reloading", timeout=30, processes=2)
+    again = wait_ready(service, 4)
+    assert {e["pid"] for e in again} == children
+    assert service.proc.poll() is None
+    # And the worker still runs jobs
+    job = uuid.uuid4()
+    assert api.start(job).status_code == 202
+    assert transitions(api.wait_state(job, "COMPLETED", "FAILED", timeout=60)) == HAPPY_PATH
+
+
+def test_each_process_counts_the_whole_worker_in_its_connection_budget(deployment):
+    _, worker = deployment
+    service = worker(processes=2, concurrency=4)
+    wait_ready(service, 2)
+    budgets = wait_for(lambda: b if len(b := [e for e in service.events()
+                                               if e.get("event") == "worker.database_budget"])
+                       == 2 else None, 30, "both processes' connection budget")
+    # Each may open its share + 2 + the relay's 2; the worker, both processes' sum
+    assert [(b["concurrency"], b["may_open"], b["worker_processes"], b["worker_may_open"])
+            for b in budgets] == [(2, 6, 2, 12)] * 2
