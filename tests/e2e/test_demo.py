@@ -64,7 +64,8 @@ def test_demo_runs_every_sample_and_leaves_nothing_running(tmp_path_factory, run
     # and the worker's pool fits the embedded server: no connection-budget warning
     budget = [json.loads(line) for line in (data_dir / "demo-logs" / "worker.log")
               .read_text().splitlines() if '"worker.database_budget"' in line]
-    assert [b["level"] for b in budget] == ["INFO"], budget
+    # (one line from each of the worker's processes, each counting the whole worker)
+    assert budget and all(b["level"] == "INFO" for b in budget), budget
     # And nothing it started is still running
     assert leftovers(data_dir) == []
     assert port_is_free(int(env["ORCHESTRATOR_PORT"]))
