@@ -158,9 +158,10 @@ def worker(pool: str, stages: str | None, concurrency: int | None, processes: st
     in_flight = concurrency or settings.worker_concurrency
     queues = stage_queue_names(settings, stages)
     if pool == "prefork":
-        if requested not in (None, 1):
-            raise ConfigError("--processes" if processes else "WORKER_PROCESSES",
-                              "applies to the threads pool; prefork runs one process a stage")
+        # (WORKER_PROCESSES, a deployment-wide setting, is for the threads pool's workers)
+        if processes is not None and requested not in (None, 1):
+            raise ConfigError("--processes", "applies to the threads pool; prefork runs "
+                                             "one process a stage")
         count = 1
     else:
         count = process_count(requested, in_flight)

@@ -225,3 +225,20 @@ def test_each_process_counts_the_whole_worker_in_its_connection_budget(deploymen
     # Each may open its share + 2 + the relay's 2; the worker, both processes' sum
     assert [(b["concurrency"], b["may_open"], b["worker_processes"], b["worker_may_open"])
             for b in budgets] == [(2, 6, 2, 12)] * 2
+
+
+def test_worker_processes_is_for_the_threads_pool_a_prefork_worker_ignores_it(
+        private_database, redis_url, downstream, log_dir):
+    # Given WORKER_PROCESSES=2 deployment-wide, and a worker started with -P prefork
+    env = make_env(private_database, redis_url, downstream, WORKER_PROCESSES=2)
+    api = Api(create_app(Settings.from_env(env)).test_client())
+    service = start_worker(f"prefork-{uuid.uuid4().hex[:6]}", env, log_dir, pool="prefork")
+    try:
+        # Then it is one Celery worker (its pool's children are Celery's), and runs jobs
+        assert len(ready(service)) == 1
+        assert not service.has_event("worker.processes")
+        job = uuid.uuid4()
+        assert api.start(job).status_code == 202
+        assert transitions(api.wait_state(job, "COMPLETED", "FAILED", timeout=60)) == HAPPY_PATH
+    finally:
+        service.stop()
