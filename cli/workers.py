@@ -17,9 +17,11 @@ drivers. It
   and SIGQUIT (cold) on to each child, then exits once they all have; SIGHUP too, on
   which each child restarts itself as Celery does, and the supervisor stays;
 - restarts a child that dies (a signal, an OOM kill, a crash after its start-up): its
-  stages are recovered like any dead worker's; a child that exits by itself within
-  :data:`RESTART_AFTER` seconds of its start (a start-up failure) ends the whole worker
-  with its exit code instead, as one process would;
+  stages are recovered like any dead worker's; one killed within :data:`RESTART_AFTER`
+  seconds of its start is restarted that long after its start, so a crash loop is not a
+  tight one; a child that exits by itself within :data:`RESTART_AFTER` seconds of its
+  start (a start-up failure) ends the whole worker with its exit code instead, as one
+  process would;
 - takes its children with it when it is killed itself: each child asks Linux to SIGKILL
   it when the supervisor dies (``PR_SET_PDEATHSIG``), so no orphan keeps running stages
   nobody supervises; recovery resumes them;
@@ -188,12 +190,17 @@ class Supervisor:
             code = os.waitstatus_to_exitcode(status)
             ran = time.monotonic() - child.started
             restart = self.stopping is None and (code < 0 or ran >= RESTART_AFTER)
+            # A child that keeps dying young (killed again and again: out of memory, say)
+            # is started at most once every RESTART_AFTER seconds, not in a tight loop.
+            delay = max(0.0, RESTART_AFTER - ran) if restart else 0.0
             log_event(log, "worker.process_exited",
                       logging.INFO if self.stopping else logging.ERROR, index=child.index,
                       child_pid=pid, exit_code=code, ran_seconds=round(ran, 1),
-                      restarting=restart)
+                      restarting=restart, restart_in_seconds=round(delay, 1))
             if restart:
-                self._start(child)
+                time.sleep(delay)  # (a SIGTERM meanwhile is passed on, and ends the wait's use)
+                if self.stopping is None:
+                    self._start(child)
             elif code != 0 and self.exit_code == 0:
                 self.exit_code = code if code > 0 else 128 - code
                 if self.stopping is None:  # failed to start: the others go too

@@ -14,6 +14,7 @@ import uuid
 import pytest
 
 from api.app import create_app
+from cli.workers import RESTART_AFTER
 from orchestrator.settings import Settings
 from tests.conftest import make_env
 from tests.integration.conftest import HAPPY_PATH, Api, start_with_a_hang, transitions
@@ -122,6 +123,9 @@ def test_a_process_killed_is_replaced_and_its_job_completes_exactly_once(deploym
     # Then the supervisor starts another in its place, and stays up
     service.wait_event("worker.process_exited", timeout=30, child_pid=victim,
                        exit_code=-signal.SIGKILL, restarting=True)
+    # (killed within RESTART_AFTER of its start: restarted that long after it, not at once)
+    exited = next(e for e in service.events() if e.get("event") == "worker.process_exited")
+    assert 0 < exited["restart_in_seconds"] <= RESTART_AFTER
     replaced = wait_ready(service, 3)
     assert len({e["pid"] for e in replaced}) == 3
     assert service.proc.poll() is None
