@@ -1,15 +1,14 @@
 """`orchestrator worker` as a few processes: one Celery worker (threads pool) per CPU it may
 use, sharing ``WORKER_CONCURRENCY`` between them, under one small supervising process.
 
-Why: a threads-pool worker is one process under one GIL, and every blocking call of a stage
-(Redis, PostgreSQL, the service, a log line) hands the GIL to another thread. On two cores
-a single process leaves the second idle while its hundred threads queue for the first
-(docs/benchmarks.md). One process per CPU uses them all; each child is exactly the
-single-process worker (same locking, fencing, recovery, metrics), so everything that is
-proven of one worker process holds of each.
+Why: a threads-pool worker is one process under one GIL: its hundred threads run their
+Python on one core at a time. One process per CPU uses them all (on the 2-core machine,
+12–40 % more jobs a second than one process of the same concurrency, docs/benchmarks.md).
+Each child is exactly the single-process worker (same locking, fencing, recovery,
+metrics), so everything that is proven of one worker process holds of each.
 
-The supervisor (this module's :func:`supervise`) imports neither Celery nor the database
-drivers. It
+The supervisor (this module's :func:`supervise`) runs no stage and keeps no connection (it
+checks the services at start-up, as any worker does). It
 
 - starts the children in its own process group, so ``kill -<sig> -<pgid>``, a terminal's
   Ctrl-C, ``docker stop`` and a Kubernetes pod's end reach them all;
@@ -181,7 +180,8 @@ class Supervisor:
             signal.signal(sig, self.forward)
         signal.signal(signal.SIGHUP, self.reload)
         for child in self.children:
-            self._start(child)
+            if self.stopping is None:  # (a SIGTERM during the start-up: start no more)
+                self._start(child)
         while self.by_pid:
             pid, status = os.wait()
             if pid not in self.by_pid:
@@ -198,7 +198,8 @@ class Supervisor:
                       child_pid=pid, exit_code=code, ran_seconds=round(ran, 1),
                       restarting=restart, restart_in_seconds=round(delay, 1))
             if restart:
-                time.sleep(delay)  # (a SIGTERM meanwhile is passed on, and ends the wait's use)
+                time.sleep(delay)  # (a SIGTERM meanwhile is passed on at once, and then
+                # the child is not started again)
                 if self.stopping is None:
                     self._start(child)
             elif code != 0 and self.exit_code == 0:
