@@ -69,33 +69,61 @@ SHARES_ENV = "ORCHESTRATOR_WORKER_SHARES"
 _PR_SET_PDEATHSIG = 1
 
 
-def usable_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+def usable_cpus(cgroup_root: Path = Path("/sys/fs/cgroup"),
+                membership: Path = Path("/proc/self/cgroup")) -> int:
     """The CPUs this process may run on: its affinity mask, bounded by a cgroup CPU quota
-    (a container's ``--cpus``, a Kubernetes CPU limit), rounded up."""
+    (a container's ``--cpus``, a Kubernetes CPU limit, a systemd unit's ``CPUQuota=``),
+    rounded up."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cpus = os.cpu_count() or 1
-    quota = cgroup_cpu_quota(cgroup_root)
+    quota = cgroup_cpu_quota(cgroup_root, membership)
     if quota is not None:
         cpus = min(cpus, max(1, math.ceil(quota)))
     return max(cpus, 1)
 
 
-def cgroup_cpu_quota(root: Path) -> float | None:
-    """CPUs' worth of time the cgroup may use (cgroup v2 ``cpu.max``, or v1's CFS quota and
-    period), or None when unlimited or unreadable."""
+def cgroup_cpu_quota(root: Path, membership: Path = Path("/proc/self/cgroup")
+                     ) -> float | None:
+    """CPUs' worth of time this process's cgroup may use: the smallest quota over its own
+    cgroup and every ancestor (cgroup v2 ``cpu.max``, or v1's CFS quota and period under
+    ``cpu/``), or None when there is none or it cannot be read. ``membership`` is
+    ``/proc/self/cgroup``, which says where the process sits under ``root``."""
+    v2_path = v1_path = "/"
     try:
-        quota, period = (root / "cpu.max").read_text().split()[:2]
+        for line in membership.read_text().splitlines():
+            hierarchy, controllers, path = line.split(":", 2)
+            if hierarchy == "0" and not controllers:
+                v2_path = path
+            elif "cpu" in controllers.split(","):
+                v1_path = path
     except (OSError, ValueError):
-        try:
-            quota = (root / "cpu" / "cpu.cfs_quota_us").read_text().strip()
-            period = (root / "cpu" / "cpu.cfs_period_us").read_text().strip()
-        except OSError:
-            return None
+        pass
+    quotas = [q for directory in _up(root, v2_path)
+              if (q := _quota(directory / "cpu.max", None)) is not None]
+    quotas += [q for directory in _up(root / "cpu", v1_path)
+               if (q := _quota(directory / "cpu.cfs_quota_us",
+                               directory / "cpu.cfs_period_us")) is not None]
+    return min(quotas) if quotas else None
+
+
+def _up(top: Path, path: str) -> list[Path]:
+    """``top``/``path`` and each directory above it, up to ``top``."""
+    directory = top.joinpath(*[part for part in path.split("/") if part not in ("", ".", "..")])
+    return [directory, *[d for d in directory.parents if d == top or top in d.parents]]
+
+
+def _quota(quota_file: Path, period_file: Path | None) -> float | None:
+    """One cgroup's quota in CPUs: v2's ``"<quota|max> <period>"`` in one file, or v1's two
+    files (a quota of -1: none)."""
     try:
+        if period_file is None:
+            quota, period = quota_file.read_text().split()[:2]
+        else:
+            quota, period = quota_file.read_text().strip(), period_file.read_text().strip()
         quota_us, period_us = int(quota), int(period)
-    except ValueError:  # "max": unlimited
+    except (OSError, ValueError):  # absent, or "max": unlimited
         return None
     return quota_us / period_us if quota_us > 0 and period_us > 0 else None
 

@@ -52,16 +52,42 @@ def test_a_cgroup_cpu_limit_is_read_v2_or_v1(tmp_path, files, expected):
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
-    assert cgroup_cpu_quota(tmp_path) == expected
+    assert cgroup_cpu_quota(tmp_path, tmp_path / "no-membership") == expected
+
+
+@pytest.mark.parametrize(("membership", "files", "expected"), [
+    # a systemd unit's CPUQuota= on a host (cgroup v2): the unit's own cgroup
+    ("0::/system.slice/worker.service\n",
+     {"cpu.max": "max 100000\n", "system.slice/worker.service/cpu.max": "100000 100000\n"},
+     1.0),
+    # a limit on the slice above binds the unit under it; the smallest one wins
+    ("0::/a/b\n", {"a/cpu.max": "200000 100000\n", "a/b/cpu.max": "max 100000\n"}, 2.0),
+    ("0::/a/b\n", {"a/cpu.max": "200000 100000\n", "a/b/cpu.max": "50000 100000\n"}, 0.5),
+    # cgroup v1: the cpu controller's own path
+    ("4:memory:/x\n2:cpu,cpuacct:/docker/abc\n0::/\n",
+     {"cpu/docker/abc/cpu.cfs_quota_us": "150000\n",
+      "cpu/docker/abc/cpu.cfs_period_us": "100000\n"}, 1.5),
+    # a path that does not exist under the root: the root's own, if any
+    ("0::/elsewhere\n", {"cpu.max": "300000 100000\n"}, 3.0),
+])
+def test_the_process_own_cgroup_and_its_ancestors_bound_it(tmp_path, membership, files,
+                                                            expected):
+    root = tmp_path / "cgroup"
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    (tmp_path / "self").write_text(membership)
+    assert cgroup_cpu_quota(root, tmp_path / "self") == expected
 
 
 def test_a_cpu_limit_bounds_the_usable_cpus_rounded_up(tmp_path, monkeypatch):
     monkeypatch.setattr(workers.os, "sched_getaffinity", lambda _: {0, 1, 2, 3})
-    assert workers.usable_cpus(tmp_path) == 4
+    alone = tmp_path / "no-membership"
+    assert workers.usable_cpus(tmp_path, alone) == 4
     (tmp_path / "cpu.max").write_text("150000 100000\n")
-    assert workers.usable_cpus(tmp_path) == 2
+    assert workers.usable_cpus(tmp_path, alone) == 2
     (tmp_path / "cpu.max").write_text("20000 100000\n")
-    assert workers.usable_cpus(tmp_path) == 1
+    assert workers.usable_cpus(tmp_path, alone) == 1
 
 
 @pytest.mark.parametrize(("value", "expected"), [
