@@ -68,27 +68,29 @@ def test_one_worker_holds_many_waiting_stages_and_renews_every_lock(
     worker = start_worker("capacity-worker", env, log_dir, concurrency=IN_FLIGHT)
     release = threading.Event()
     try:
-        # Given as many held PLANNING calls as the worker's concurrency, all in flight
-        ids = start_held(api, downstream, release)
-        # Then they run in one process
-        pids = {e["pid"] for e in worker.events() if e.get("event") == "stage.started"}
-        assert len(pids) == 1
-        # And while they wait, they hold no database transaction between them (a sample
-        # may catch a heartbeat's, never one per waiting stage)
-        samples = [in_transaction(private_database) for _ in range(10)]
-        assert max(samples) < IN_FLIGHT, samples
-        # And every stage's lock is renewed for three TTLs, with no recovery taking over
-        wait_for(lambda: renewed_past(private_database, ids, 3 * TTL), 60,
-                 "every stage's heartbeat to run for three lock TTLs")
-        assert not worker.has_event("recovery.resume")
+        try:
+            # Given as many held PLANNING calls as the worker's concurrency, all in flight
+            ids = start_held(api, downstream, release)
+            # Then they run in one process
+            pids = {e["pid"] for e in worker.events() if e.get("event") == "stage.started"}
+            assert len(pids) == 1
+            # And while they wait, they hold no database transaction between them (a
+            # sample may catch a heartbeat's, never one per waiting stage)
+            samples = [in_transaction(private_database) for _ in range(10)]
+            assert max(samples) < IN_FLIGHT, samples
+            # And every stage's lock is renewed for three TTLs, with no recovery taking over
+            wait_for(lambda: renewed_past(private_database, ids, 3 * TTL), 60,
+                     "every stage's heartbeat to run for three lock TTLs")
+            assert not worker.has_event("recovery.resume")
+        finally:
+            release.set()
+        # And when the service answers, every job completes with PLANNING called once
+        for job_id in ids:
+            job = api.wait_state(job_id, "COMPLETED", "FAILED", timeout=60)
+            assert transitions(job) == HAPPY_PATH
+            assert len(downstream.calls_for(job_id, "PLANNING")) == 1
     finally:
-        release.set()
-    # And when the service answers, every job completes with PLANNING called once
-    for job_id in ids:
-        job = api.wait_state(job_id, "COMPLETED", "FAILED", timeout=60)
-        assert transitions(job) == HAPPY_PATH
-        assert len(downstream.calls_for(job_id, "PLANNING")) == 1
-    worker.stop()
+        worker.stop()  # (a failed assertion leaves no worker running)
 
 
 def test_a_paused_worker_loses_every_stage_in_flight_and_writes_nothing_late(
@@ -98,32 +100,34 @@ def test_a_paused_worker_loses_every_stage_in_flight_and_writes_nothing_late(
     rescuer = None
     release = threading.Event()
     try:
-        # Given a worker with many stages in flight, paused as a whole (SIGSTOP)
-        ids = start_held(api, downstream, release)
-        paused.signal(signal.SIGSTOP)
-        # When another worker comes: once the paused worker's locks expire, recovery
-        # resumes every job, and each completes on a second PLANNING attempt
-        rescuer = start_worker("rescuer-worker", env, log_dir, concurrency=IN_FLIGHT)
-        jobs = [api.wait_state(job_id, "COMPLETED", "FAILED", timeout=90) for job_id in ids]
-        # And the paused worker wakes up to the answers of its old calls
-        release.set()
-        paused.signal(signal.SIGCONT)
-        runs = [wait_for(lambda j=job_id: attempt_run(paused, j, "PLANNING", 1), 60,
-                         "the woken stage's run to end") for job_id in ids]
-    finally:
-        release.set()
-        paused.signal(signal.SIGCONT)
-    # Then the woken stages wrote nothing, and every job went through each state once
-    assert all(wrote_nothing(run) for run in runs), runs
-    for job in jobs:
-        assert job["current_state"] == "COMPLETED", job
-        assert transitions(job) == HAPPY_PATH
-        planning = [(s["attempt_number"], s["status"]) for s in job["stages"]
-                    if s["stage_name"] == "PLANNING"]
-        assert planning == [(1, "FAILED"), (2, "SUCCESS")]
-    paused.stop()
-    if rescuer is not None:
-        rescuer.stop()
+        try:
+            # Given a worker with many stages in flight, paused as a whole (SIGSTOP)
+            ids = start_held(api, downstream, release)
+            paused.signal(signal.SIGSTOP)
+            # When another worker comes: once the paused worker's locks expire, recovery
+            # resumes every job, and each completes on a second PLANNING attempt
+            rescuer = start_worker("rescuer-worker", env, log_dir, concurrency=IN_FLIGHT)
+            jobs = [api.wait_state(job_id, "COMPLETED", "FAILED", timeout=90) for job_id in ids]
+            # And the paused worker wakes up to the answers of its old calls
+            release.set()
+            paused.signal(signal.SIGCONT)
+            runs = [wait_for(lambda j=job_id: attempt_run(paused, j, "PLANNING", 1), 60,
+                             "the woken stage's run to end") for job_id in ids]
+        finally:
+            release.set()
+            paused.signal(signal.SIGCONT)
+        # Then the woken stages wrote nothing, and every job went through each state once
+        assert all(wrote_nothing(run) for run in runs), runs
+        for job in jobs:
+            assert job["current_state"] == "COMPLETED", job
+            assert transitions(job) == HAPPY_PATH
+            planning = [(s["attempt_number"], s["status"]) for s in job["stages"]
+                        if s["stage_name"] == "PLANNING"]
+            assert planning == [(1, "FAILED"), (2, "SUCCESS")]
+    finally:  # (a failed assertion leaves no worker running)
+        paused.stop()
+        if rescuer is not None:
+            rescuer.stop()
 
 
 def test_a_worker_says_at_start_up_whether_postgresql_has_room_for_its_pool(deployment,
