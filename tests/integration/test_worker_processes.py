@@ -188,8 +188,33 @@ def test_sigterm_lets_every_process_finish_its_stage_then_stops(deployment, down
         assert not downstream.calls_for(job, "PARSING")
 
 
+def test_sigquit_reaches_every_process_as_celerys_cold_shutdown(deployment, downstream):
+    api, worker = deployment
+    service = worker(processes=2, concurrency=2)
+    wait_ready(service, 2)
+    # Given a job whose PLANNING hangs in one of the processes
+    job = uuid.uuid4()
+    hang = start_with_a_hang(api, downstream, job, "PLANNING")
+    try:
+        # When the supervisor alone gets SIGQUIT
+        os.kill(service.proc.pid, signal.SIGQUIT)
+        service.wait_event("worker.stopping", timeout=30, signal="SIGQUIT")
+        # Then each process starts Celery's cold shutdown (its own words, on stdout)
+        wait_for(lambda: service.log_path.read_text().count(COLD_SHUTDOWN) == 2, 30,
+                 "both processes' cold shutdown")
+    finally:
+        hang.set()
+    # And once the stage's thread is done (a thread cannot be killed), the worker exits
+    service.proc.wait(timeout=60)
+    assert service.has_event("worker.stopped")
+
+
+#: What Celery's worker prints when a cold shutdown (SIGQUIT) begins.
+COLD_SHUTDOWN = "worker: Hitting Ctrl+C again will terminate all running tasks!"
+
+
 def test_a_process_that_cannot_start_stops_the_worker_with_its_exit_code(
-        deployment, downstream, private_database, redis_url, log_dir):
+        downstream, private_database, redis_url):
     # Given a worker of two processes whose children cannot start: an unknown Celery
     # option, which the supervisor passes on to each
     env = {**make_env(private_database, redis_url, downstream), "WORKER_PROCESSES": "2"}
@@ -200,7 +225,6 @@ def test_a_process_that_cannot_start_stops_the_worker_with_its_exit_code(
     assert done.returncode != 0
     assert "no-such-option" in done.stderr + done.stdout
     assert '"worker.process_exited"' in done.stdout + done.stderr
-
 
 
 def test_sighup_restarts_each_process_and_the_worker_stays(deployment, downstream):

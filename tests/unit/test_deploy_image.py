@@ -325,3 +325,19 @@ def test_every_variable_set_for_our_containers_is_read_by_the_code():
 @pytest.mark.parametrize("duration, expected", [("330s", 330), ("1m30s", 90), ("2h", 7200)])
 def test_compose_durations(duration: str, expected: float):
     assert seconds(duration) == expected
+
+
+def test_a_compose_worker_is_one_process_whose_node_its_healthcheck_pings():
+    # README: one process per container unless WORKER_PROCESSES says otherwise, and the
+    # healthcheck pings that process's node (or, with more, the first one's)
+    from cli.workers import child_hostname
+
+    for name, service in ours().items():
+        if role(service) != "worker":
+            continue
+        assert Settings.from_env(environment(service)).worker_processes == 1, name
+        check = " ".join(service["healthcheck"]["test"])
+        nodes = re.search(r"-d (\S+)", check)
+        assert nodes, check
+        assert nodes.group(1).split(",") == ["celery@$$HOSTNAME",
+                                             child_hostname("celery@$$HOSTNAME", 1)], name

@@ -444,3 +444,22 @@ def test_the_image_runs_as_the_user_the_pods_ask_for() -> None:
     assert int(user) == UID
     if group:
         assert int(group) == GID
+
+
+def test_every_worker_pod_runs_one_worker_process(tmp_path: Path, monkeypatch: Any) -> None:
+    # Each worker container's CPU limit, as the pod's cgroup cpu.max holds it, makes
+    # WORKER_PROCESSES=auto one process on a node of 8 CPUs (README: "scale with replicas")
+    from cli import workers
+
+    usable_cpus = workers.usable_cpus
+    monkeypatch.setattr(workers.os, "sched_getaffinity", lambda _: set(range(8)))
+    for deployment, _, container in with_role("worker"):
+        limit = str(container["resources"]["limits"]["cpu"])
+        cpus = float(limit[:-1]) / 1000 if limit.endswith("m") else float(limit)
+        (tmp_path / "cpu.max").write_text(f"{int(cpus * 100000)} 100000\n")
+        usable = usable_cpus(tmp_path, tmp_path / "no-membership")
+        monkeypatch.setattr(workers, "usable_cpus", lambda n=usable: n)
+        settings = settings_of(container)
+        assert workers.process_count(settings.worker_processes,
+                                     settings.worker_concurrency) == 1, (
+            deployment["metadata"]["name"])
