@@ -26,6 +26,7 @@ from orchestrator.models import (
     OpenedAttempt,
     PendingEnqueue,
     StageAttempt,
+    StartedJob,
     TerminalEvent,
     Transition,
 )
@@ -66,6 +67,11 @@ VALUES (CAST(%(job_id)s AS uuid), %(from_state)s, %(correlation_id)s, %(fence)s,
         now() + make_interval(secs => %(delay)s))
 ON CONFLICT (job_id) DO NOTHING
 """
+#: :meth:`JobRepository.start`: the insert, the move and the outbox row in one statement
+#: (migration 0008), likewise run by psycopg2.
+_START = ("SELECT s.created, s.moved, s.mismatch, (s.job).* FROM orchestrator_start_job("
+          "%(job_id)s, %(input)s, %(check_input)s, %(correlation_id)s, %(redriven_from)s, "
+          "%(reason)s, %(outbox_delay)s) AS s")
 _ENQUEUE_SENT = "DELETE FROM job_enqueues WHERE job_id = CAST(%(job_id)s AS uuid)"
 
 
@@ -211,6 +217,22 @@ class JobRepository:
             "correlation_id": correlation_id,
             "redriven_from": str(redriven_from) if redriven_from else None,
         }) is not None
+
+    def start(self, job_id: UUID, input: dict[str, Any], correlation_id: str | None, *,
+              check_input: bool, reason: str, outbox_delay: float,
+              redriven_from: UUID | None = None) -> StartedJob:
+        transition(State.UPLOADED, State.PLANNING, job_id=str(job_id))  # refused in code first
+        row = self._driver(_START, {
+            "job_id": str(job_id), "input": json.dumps(input), "check_input": check_input,
+            "correlation_id": correlation_id,
+            "redriven_from": str(redriven_from) if redriven_from else None,
+            "reason": reason, "outbox_delay": outbox_delay,
+        })
+        assert row is not None  # the function returns one row, always
+        created, moved, mismatch = row.pop("created"), row.pop("moved"), row.pop("mismatch")
+        job = None if row["job_id"] is None else _job(
+            {**row, "job_id": _uuid(row["job_id"]), "redriven_from": _uuid(row["redriven_from"])})
+        return StartedJob(job=job, created=created, moved=moved, mismatch=mismatch)
 
     def move(self, job_id: UUID, from_state: State, to_state: State, reason: str, *,
              fence: int | None = None, error_message: str | None = None,

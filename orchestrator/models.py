@@ -92,6 +92,19 @@ class OpenedAttempt:
 
 
 @dataclass(frozen=True)
+class StartedJob:
+    """What starting a job did, in one step: whether it created the job, whether it moved
+    it UPLOADED → PLANNING (and owed it its chain), or refused a repeated start whose input
+    differs from the stored one (``mismatch``: nothing written); and the job as it is now
+    (None only if it vanished meanwhile)."""
+
+    job: Job | None
+    created: bool
+    moved: bool
+    mismatch: bool = False
+
+
+@dataclass(frozen=True)
 class Notification:
     """Where the announcement of a job's end stands: ``status`` pending (not yet
     acknowledged by a 2xx), delivered, or skipped (no NOTIFY_URL when it came due)."""

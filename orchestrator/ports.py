@@ -20,6 +20,7 @@ from orchestrator.models import (
     Notification,
     OpenedAttempt,
     PendingEnqueue,
+    StartedJob,
     TerminalEvent,
 )
 from orchestrator.stages import StageSpec
@@ -32,6 +33,14 @@ class JobRepository(Protocol):
     def insert_if_absent(self, job_id: UUID, input: dict[str, Any],
                          correlation_id: str | None, *, redriven_from: UUID | None = None
                          ) -> bool: ...
+
+    def start(self, job_id: UUID, input: dict[str, Any], correlation_id: str | None, *,
+              check_input: bool, reason: str, outbox_delay: float,
+              redriven_from: UUID | None = None) -> StartedJob:
+        """In one step: :meth:`insert_if_absent`; then, unless ``check_input`` finds the
+        stored input other than ``input`` (``mismatch``, nothing written), ``move``
+        UPLOADED → PLANNING and, if it moved, :meth:`add_enqueue` its chain (due in
+        ``outbox_delay`` s)."""
 
     def move(self, job_id: UUID, from_state: State, to_state: State, reason: str, *,
              fence: int | None = None, error_message: str | None = None,

@@ -44,24 +44,19 @@ def start_job(uow: UnitOfWork, enqueue: Enqueuer, job_id: UUID, input: dict[str,
     worker's relay sends it ``outbox_after`` seconds on, as soon as the broker answers
     (:func:`orchestrator.outbox.send_enqueues`), with no wait for recovery.
     """
-    with uow() as jobs:
-        created = jobs.insert_if_absent(job_id, input or {}, correlation_id,
-                                        redriven_from=redriven_from)
-        if not created and input is not None:
-            existing = jobs.get(job_id)
-            if existing is not None and existing.input != input:
-                raise InputMismatch(str(job_id))  # rolls back: nothing moved
-        moved = jobs.move(job_id, State.UPLOADED, State.PLANNING, "started")
-        if moved is not None:
-            jobs.add_enqueue(job_id, State.PLANNING, moved.correlation_id, fence=moved.fence,
-                             delay=outbox_after)
-        job = moved or jobs.get(job_id)
+    with uow(single=True) as jobs:  # one statement, one transaction, one round trip
+        started = jobs.start(job_id, input or {}, correlation_id,
+                             check_input=input is not None, reason="started",
+                             outbox_delay=outbox_after, redriven_from=redriven_from)
+    if started.mismatch:
+        raise InputMismatch(str(job_id))  # nothing written
+    job = started.job
     if job is None:  # pragma: no cover - the row was inserted or existed a moment ago
         raise JobNotFound(str(job_id))
     with job_context(job_id, job.correlation_id):
-        if created:
+        if started.created:
             log_event(log, "job.created", to_state=State.UPLOADED.value)
-        if moved is None:
+        if not started.moved:
             if job.current_state.is_terminal:
                 raise JobTerminal(str(job_id), job.current_state.value)
             log_event(log, "job.start_ignored", reason="already running",

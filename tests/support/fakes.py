@@ -39,6 +39,7 @@ from orchestrator.models import (
     JobDetail,
     OpenedAttempt,
     StageAttempt,
+    StartedJob,
     Transition,
 )
 from orchestrator.outcomes import attempt_label
@@ -192,6 +193,23 @@ class FakeRepository:
         self.t.jobs[job_id] = JobRow(job_id, State.UPLOADED, copy.deepcopy(input),
                                      correlation_id, now, now, now)
         return True
+
+    def start(self, job_id: UUID, input: dict[str, Any], correlation_id: str | None, *,
+              check_input: bool, reason: str, outbox_delay: float,
+              redriven_from: UUID | None = None) -> StartedJob:
+        self._enter("start")
+        created = self.insert_if_absent(job_id, input, correlation_id,
+                                        redriven_from=redriven_from)
+        if not created and check_input:
+            existing = self.get(job_id)
+            if existing is not None and existing.input != input:
+                return StartedJob(job=existing, created=False, moved=False, mismatch=True)
+        moved = self.move(job_id, State.UPLOADED, State.PLANNING, reason)
+        if moved is not None:
+            self.add_enqueue(job_id, State.PLANNING, moved.correlation_id, fence=moved.fence,
+                             delay=outbox_delay)
+        return StartedJob(job=moved or self.get(job_id), created=created,
+                          moved=moved is not None)
 
     def move(self, job_id: UUID, from_state: State, to_state: State, reason: str, *,
              fence: int | None = None, error_message: str | None = None,
