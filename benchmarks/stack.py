@@ -76,6 +76,15 @@ class JobsDb:
                         " GROUP BY current_state", ([str(j) for j in job_ids],))
             return {state: count for state, count in cur.fetchall()}
 
+    def terminal_total(self) -> int:
+        """How many jobs of the database are COMPLETED or FAILED, from the counts the
+        triggers keep (``job_state_counts``): O(1), whatever the number of jobs, so a
+        benchmark polling it every 20 ms does not load the PostgreSQL it measures."""
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT coalesce(sum(count), 0) FROM job_state_counts"
+                        " WHERE state = ANY(%s)", (list(TERMINAL),))
+            return int(cur.fetchone()[0])
+
     def completed_epochs(self, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, float]:
         """When each of these jobs ended (``completed_at``, wall clock, in seconds)."""
         with self.conn.cursor() as cur:
@@ -114,10 +123,22 @@ class Stack:
         return response
 
     def wait_all_terminal(self, job_ids: Sequence[uuid.UUID], timeout: float,
-                          interval: float = 0.02) -> float:
+                          interval: float = 0.02, terminal_before: int | None = None
+                          ) -> float:
         """Wait until every job is terminal; the monotonic time it was seen so. Fails if
-        the deadline passes or any job FAILED."""
+        the deadline passes or any job FAILED.
+
+        With ``terminal_before`` (:meth:`JobsDb.terminal_total` before these jobs
+        started), it polls that O(1) total until it has grown by as many jobs, and only
+        then looks at these jobs themselves: a look at hundreds of jobs by id every 20 ms
+        costs PostgreSQL about a millisecond each time, CPU the orchestrator it measures
+        would not have (the bare chain's side is watched as cheaply)."""
         deadline = time.monotonic() + timeout
+        if terminal_before is not None:
+            while self.db.terminal_total() - terminal_before < len(job_ids):
+                if time.monotonic() > deadline:
+                    break  # (the look below says which jobs)
+                time.sleep(interval)
         while True:
             counts = self.db.state_counts(job_ids)
             done = sum(counts.get(state, 0) for state in TERMINAL)
