@@ -48,6 +48,7 @@ from types import FrameType
 from typing import Any
 
 from orchestrator.logs import log_event
+from orchestrator.settings import WORKER_METRICS_DIR_ENV, WORKER_SHARES_ENV
 
 log = logging.getLogger("orchestrator.worker")
 
@@ -58,13 +59,10 @@ AUTO_MAX_PROCESSES = 4
 #: A child that exits by itself (not by a signal) sooner than this after its start failed to
 #: start: restarting it would only fail again.
 RESTART_AFTER = 10.0
-#: Set in each child's environment: the supervisor's pid (the child exits at once if its
-#: parent is already another) and the directory its metrics go to.
+#: Set in each child's environment (with orchestrator.settings' WORKER_SHARES_ENV and, for
+#: metrics, WORKER_METRICS_DIR_ENV): the supervisor's pid (the child exits at once if its
+#: parent is already another).
 SUPERVISOR_PID_ENV = "ORCHESTRATOR_WORKER_SUPERVISOR"
-#: (tasks.metrics.METRICS_DIR_ENV, not imported: it would import Celery here)
-METRICS_DIR_ENV = "ORCHESTRATOR_WORKER_METRICS_DIR"
-#: Every process's share, for each one's connection budget (tasks.recovery.WORKER_SHARES_ENV)
-SHARES_ENV = "ORCHESTRATOR_WORKER_SHARES"
 
 _PR_SET_PDEATHSIG = 1
 
@@ -249,12 +247,12 @@ def supervise(*, concurrencies: Sequence[int], hostname: str | None,
     """Run one single-process worker per share of ``concurrencies`` until they have all
     stopped; the exit code to leave with."""
     env = {**os.environ, SUPERVISOR_PID_ENV: str(os.getpid()), "WORKER_PROCESSES": "1",
-           SHARES_ENV: ",".join(str(share) for share in concurrencies)}
+           WORKER_SHARES_ENV: ",".join(str(share) for share in concurrencies)}
     metrics_dir: Path | None = None
     server = None
     if metrics_port is not None:
         metrics_dir = Path(tempfile.mkdtemp(prefix="orchestrator-worker-metrics-"))
-        env[METRICS_DIR_ENV] = str(metrics_dir)
+        env[WORKER_METRICS_DIR_ENV] = str(metrics_dir)
         server = _serve_metrics(metrics_port, metrics_dir, metrics_flush_interval)
     children = [
         Child(i, [sys.executable, "-m", "cli", "worker", "--processes", "1",

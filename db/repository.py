@@ -49,9 +49,9 @@ _ADVANCE = ("SELECT * FROM orchestrator_advance(%(job_id)s, %(state)s, %(to_stat
             "%(plan_reference)s, %(result_reference)s, %(reused_from)s)")
 _ADVANCE_FIELDS = frozenset({"plan_reference", "result_reference"})
 
-#: A job's start (:func:`orchestrator.service.start_job`): the insert and its outbox row,
-#: likewise run by psycopg2 itself (building and compiling them through SQLAlchemy was
-#: about a quarter of the API's CPU a start).
+#: :meth:`JobRepository.insert_if_absent` (a job created, not started) and the outbox
+#: row's clearing after a start, likewise run by psycopg2 itself (building and compiling
+#: them through SQLAlchemy was about a quarter of the API's CPU a start).
 _INSERT_IF_ABSENT = """
 INSERT INTO jobs (job_id, current_state, input, correlation_id, redriven_from, retry_count,
                   fence, resume_count, created_at, updated_at, last_progress_at)
@@ -59,13 +59,6 @@ VALUES (CAST(%(job_id)s AS uuid), 'UPLOADED', CAST(%(input)s AS jsonb), %(correl
         CAST(%(redriven_from)s AS uuid), 0, 0, 0, now(), now(), now())
 ON CONFLICT (job_id) DO NOTHING
 RETURNING true
-"""
-_ADD_ENQUEUE = """
-INSERT INTO job_enqueues (job_id, from_state, correlation_id, fence, created_at, attempts,
-                          next_attempt_at)
-VALUES (CAST(%(job_id)s AS uuid), %(from_state)s, %(correlation_id)s, %(fence)s, now(), 0,
-        now() + make_interval(secs => %(delay)s))
-ON CONFLICT (job_id) DO NOTHING
 """
 #: :meth:`JobRepository.start`: the insert, the move and the outbox row in one statement
 #: (migration 0008), likewise run by psycopg2.
@@ -221,7 +214,6 @@ class JobRepository:
     def start(self, job_id: UUID, input: dict[str, Any], correlation_id: str | None, *,
               check_input: bool, reason: str, outbox_delay: float,
               redriven_from: UUID | None = None) -> StartedJob:
-        transition(State.UPLOADED, State.PLANNING, job_id=str(job_id))  # refused in code first
         row = self._driver(_START, {
             "job_id": str(job_id), "input": json.dumps(input), "check_input": check_input,
             "correlation_id": correlation_id,
@@ -440,12 +432,6 @@ class JobRepository:
         self.c.execute(select(literal_column("1")))
 
     # --- the outboxes (migration 0005, orchestrator.outbox) -------------------------------
-
-    def add_enqueue(self, job_id: UUID, from_state: State, correlation_id: str | None, *,
-                    fence: int, delay: float) -> None:
-        self._driver(_ADD_ENQUEUE, {"job_id": str(job_id), "from_state": from_state.value,
-                                    "correlation_id": correlation_id, "fence": fence,
-                                    "delay": delay})
 
     def enqueue_sent(self, job_id: UUID) -> None:
         self._driver(_ENQUEUE_SENT, {"job_id": str(job_id)})

@@ -39,8 +39,9 @@ class JobRepository(Protocol):
               redriven_from: UUID | None = None) -> StartedJob:
         """In one step: :meth:`insert_if_absent`; then, unless ``check_input`` finds the
         stored input other than ``input`` (``mismatch``, nothing written), ``move``
-        UPLOADED → PLANNING and, if it moved, :meth:`add_enqueue` its chain (due in
-        ``outbox_delay`` s)."""
+        UPLOADED → PLANNING and, if it moved, owe the job its chain from PLANNING: the
+        relay sends it ``outbox_delay`` seconds from now unless :meth:`enqueue_sent`
+        clears it first."""
 
     def move(self, job_id: UUID, from_state: State, to_state: State, reason: str, *,
              fence: int | None = None, error_message: str | None = None,
@@ -95,11 +96,6 @@ class JobRepository(Protocol):
         again; False (nothing written) if it left ``state`` or ``fence`` meanwhile."""
 
     # --- the outboxes (orchestrator.outbox) ----------------------------------------------
-
-    def add_enqueue(self, job_id: UUID, from_state: State, correlation_id: str | None, *,
-                    fence: int, delay: float) -> None:
-        """Owe the job its chain from ``from_state``: the relay sends it ``delay`` seconds
-        from now unless :meth:`enqueue_sent` clears it first."""
 
     def enqueue_sent(self, job_id: UUID) -> None: ...
 

@@ -39,7 +39,7 @@ def start_job(uow: UnitOfWork, enqueue: Enqueuer, job_id: UUID, input: dict[str,
     NOTHING`` and the move a compare-and-set, so exactly one caller wins and enqueues.
 
     A 202 is a promise: the move commits with an outbox row owing the job its chain
-    (``add_enqueue``). The chain is sent right after the commit and the row cleared; if the
+    (``JobRepository.start``). The chain is sent right after the commit and the row cleared; if the
     send fails (the broker is down) or the process dies first, the row stays and a
     worker's relay sends it ``outbox_after`` seconds on, as soon as the broker answers
     (:func:`orchestrator.outbox.send_enqueues`), with no wait for recovery.

@@ -100,6 +100,14 @@ def broker_from_redis(redis_url: str | None) -> str | None:
     return redis_url
 
 
+#: Set by the supervisor of a worker's few processes (cli.workers) in each one's
+#: environment: the directory their metrics snapshots go to (which it serves), and every
+#: process's share of WORKER_CONCURRENCY, comma-separated (for each one's connection
+#: budget, tasks.recovery).
+WORKER_METRICS_DIR_ENV = "ORCHESTRATOR_WORKER_METRICS_DIR"
+WORKER_SHARES_ENV = "ORCHESTRATOR_WORKER_SHARES"
+
+
 def parse_processes(name: str, value: str | None) -> int | None:
     """A count of worker processes, 1 to 64, or None for ``auto`` (or unset)."""
     if value is None or value.strip().lower() in ("", "auto"):

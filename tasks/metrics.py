@@ -40,12 +40,9 @@ from celery import bootsteps, signals
 
 from orchestrator.logs import log_event
 from orchestrator.metrics import Key, Recorder, add_into, encode, families
+from orchestrator.settings import WORKER_METRICS_DIR_ENV
 
 log = logging.getLogger(__name__)
-
-#: Set by the supervisor of a worker's few processes (cli.workers): the directory its
-#: children write their snapshots to, and which it serves.
-METRICS_DIR_ENV = "ORCHESTRATOR_WORKER_METRICS_DIR"
 
 #: A process's in-flight counts outlive its last flush by this many intervals.
 IN_FLIGHT_TTL_INTERVALS = 3
@@ -229,7 +226,7 @@ class MetricsStep(bootsteps.StartStopStep):
         self.directory: Path | None = None
         self.owned = False
         # One process of a few (cli.workers): the supervisor serves, from its directory.
-        supervised = os.environ.get(METRICS_DIR_ENV)
+        supervised = os.environ.get(WORKER_METRICS_DIR_ENV)
         if supervised and self.port is not None:
             self.directory, self.port = Path(supervised), None
         elif self.port is not None:

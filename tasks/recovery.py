@@ -18,6 +18,7 @@ from celery import Celery, bootsteps
 from db.engine import connection_room
 from orchestrator.logs import log_event
 from orchestrator.service import recover
+from orchestrator.settings import WORKER_SHARES_ENV
 from tasks.chain import CeleryEnqueuer
 
 log = logging.getLogger(__name__)
@@ -33,10 +34,6 @@ def recovery_pass(app: Celery) -> int:
     runtime.metrics.recovered(len(resumed))
     return len(resumed)
 
-
-#: Set by the supervisor of a worker's few processes (cli.workers) in each: every
-#: process's share of WORKER_CONCURRENCY, comma-separated.
-WORKER_SHARES_ENV = "ORCHESTRATOR_WORKER_SHARES"
 
 #: The relay's own engine in every worker's main process (:mod:`tasks.relay`).
 RELAY_CONNECTIONS = 2

@@ -206,8 +206,7 @@ class FakeRepository:
                 return StartedJob(job=existing, created=False, moved=False, mismatch=True)
         moved = self.move(job_id, State.UPLOADED, State.PLANNING, reason)
         if moved is not None:
-            self.add_enqueue(job_id, State.PLANNING, moved.correlation_id, fence=moved.fence,
-                             delay=outbox_delay)
+            self.t.enqueues.setdefault(job_id, State.PLANNING)  # the chain it is owed
         return StartedJob(job=moved or self.get(job_id), created=created,
                           moved=moved is not None)
 
@@ -352,11 +351,6 @@ class FakeRepository:
                     and a.status is AttemptStatus.SUCCESS):
                 return copy.deepcopy(a.output_data or {})
         return {}
-
-    def add_enqueue(self, job_id: UUID, from_state: State, correlation_id: str | None, *,
-                    fence: int, delay: float) -> None:
-        self._enter("add_enqueue")
-        self.t.enqueues.setdefault(job_id, from_state)
 
     def enqueue_sent(self, job_id: UUID) -> None:
         self._enter("enqueue_sent")

@@ -32,8 +32,10 @@ def variables_read_by_the_code() -> set[str]:
     names |= {f"{stage}_{what}" for stage in ("PLANNING", "PARSING", "ENRICHING", "COSTING")
               for what in ("TIMEOUT", "MAX_RETRIES")}
     # Not settings: the desktop's data directory; the marker and home a local stack gives
-    # its own processes (cli/embedded.py); and a sysconf name, not a variable.
+    # its own processes (cli/embedded.py); what a worker's supervisor hands its processes
+    # (cli/workers.py); and a sysconf name, not a variable.
     return names - {"XDG_DATA_HOME", "ORCHESTRATOR_STACK_ID", "ORCHESTRATOR_STACK_HOME",
+                    "ORCHESTRATOR_WORKER_METRICS_DIR", "ORCHESTRATOR_WORKER_SHARES",
                     "SC_CLK_TCK"}
 
 

@@ -105,11 +105,3 @@ def test_a_wrong_worker_processes_names_itself(value):
     with pytest.raises(ConfigError, match="--processes"):
         parse_processes("--processes", value)
 
-
-def test_the_supervisor_and_its_children_name_the_same_variables():
-    # (cli.workers imports no Celery, so it spells the children's variables itself)
-    from tasks.metrics import METRICS_DIR_ENV
-    from tasks.recovery import WORKER_SHARES_ENV
-
-    assert workers.METRICS_DIR_ENV == METRICS_DIR_ENV
-    assert workers.SHARES_ENV == WORKER_SHARES_ENV
