@@ -5,6 +5,7 @@ re-enqueues a job onto its stage's queue."""
 from __future__ import annotations
 
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -162,3 +163,27 @@ def test_a_worker_takes_later_stages_before_new_jobs(deployment, downstream, log
     last_costing = max(downstream.calls_for(j, "COSTING")[0].received for j in early)
     first_planning = min(downstream.calls_for(j, "PLANNING")[0].received for j in late)
     assert last_costing < first_planning
+
+
+def test_a_worker_polls_each_stage_queue_once_in_pipeline_order_backwards(deployment,
+                                                                          log_dir):
+    # One list a stage queue (no priority lists: no message has a priority), watched in
+    # the order that takes later stages first
+    env, settings, broker = deployment
+    prefix = settings.celery_queue
+    watcher = redis.Redis.from_url(settings.broker_url or "", socket_timeout=5)
+    worker = start_worker("polled", env, log_dir)  # all four stages
+    try:
+        with watcher.monitor() as monitor:
+            deadline = time.monotonic() + 60
+            while True:  # kombu polls again every second while the queues are empty
+                command = monitor.next_command()["command"].split()
+                if command[0].upper() == "BRPOP" and any(
+                        key.startswith(prefix) for key in command[1:]):
+                    break
+                assert time.monotonic() < deadline, "no BRPOP on the stage queues"
+    finally:
+        worker.stop()
+        watcher.close()
+    assert command[1:-1] == [f"{prefix}.{stage}" for stage in
+                             ("costing", "enriching", "parsing", "planning")]
