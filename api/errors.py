@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import logging
 
+import psycopg2
 from flask import Flask, Response, jsonify
 from redis.exceptions import RedisError
-from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
-from sqlalchemy.exc import TimeoutError as SATimeoutError
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
+from db.engine import DATABASE_UNAVAILABLE
 from orchestrator.errors import (
     ConfigError,
     InputMismatch,
@@ -75,12 +76,12 @@ def register_error_handlers(app: Flask) -> None:
         return response, status
 
     @app.errorhandler(SQLAlchemyError)
+    @app.errorhandler(psycopg2.Error)  # the start's statement, through psycopg2 itself
     @app.errorhandler(RedisError)
     def unavailable(exc: Exception) -> tuple[Response, int]:
         # Only a lost or refused connection means "unavailable"; any other database error
         # is ours (a 500), never blamed on PostgreSQL.
-        if isinstance(exc, SQLAlchemyError) and not isinstance(
-                exc, OperationalError | InterfaceError | SATimeoutError):
+        if not isinstance(exc, (RedisError, *DATABASE_UNAVAILABLE)):
             return unexpected(exc)
         log_event(log, "api.dependency_unavailable", logging.ERROR, error=repr(exc))
         dependency = "Redis" if isinstance(exc, RedisError) else "PostgreSQL"

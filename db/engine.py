@@ -7,7 +7,17 @@ from typing import Any
 
 import psycopg2
 from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+#: The errors that mean "PostgreSQL is unavailable for now" — a connection refused, lost
+#: or not to be had (the server's ``max_connections``, the pool's ceiling), a statement
+#: cancelled or a deadlock — as raised by psycopg2 itself (the hot statements and every
+#: checkout, ``db.uow``) or wrapped by SQLAlchemy. Any other database error is a fault of
+#: ours, never blamed on PostgreSQL.
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    psycopg2.OperationalError, psycopg2.InterfaceError,
+    OperationalError, InterfaceError, PoolTimeout)
 
 
 def sqlalchemy_url(database_url: str) -> str:

@@ -5,6 +5,10 @@ tell Celery how the chain goes on.
     RetryLater → self.retry(countdown=…): the same task again later, chain kept
     Failed     → Ignore: the job is FAILED in PostgreSQL; the chain stops
     Skipped    → Ignore: a duplicate, a cancelled job or a lost lock; the chain stops
+
+and when PostgreSQL is unavailable (refused, lost, or out of connections) at any of the
+stage's statements: self.retry after the backoff, the same stage again, chain kept (see
+:func:`postpone`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from celery.worker import state as worker_state
 from celery.worker.control import control_command, ok
 from celery.worker.request import Request
 
+from db.engine import DATABASE_UNAVAILABLE
+from orchestrator.backoff import retry_delay
 from orchestrator.logs import job_context, log_event
 from orchestrator.runner import Advanced, RetryLater, StageRunner
 from orchestrator.states import State
@@ -43,6 +49,8 @@ def run_stage_task(task: Task, state: State, job_id: str, correlation_id: str | 
                                             task.request.id)
     except SoftTimeLimitExceeded:  # a second cancellation signal, after the runner's own
         raise Ignore() from None
+    except DATABASE_UNAVAILABLE as exc:
+        raise postpone(task, state, job_id, correlation_id, exc) from exc
     if isinstance(outcome, Advanced):
         return {"job_id": job_id, "state": outcome.to_state.value}
     if isinstance(outcome, RetryLater):
@@ -50,6 +58,28 @@ def run_stage_task(task: Task, state: State, job_id: str, correlation_id: str | 
         # (the worker running it applies its own), even after a message that had some.
         raise task.retry(countdown=outcome.delay, time_limit=None, soft_time_limit=None)
     raise Ignore()
+
+
+def postpone(task: Task, state: State, job_id: str, correlation_id: str | None,
+             exc: Exception) -> Exception:
+    """The stage again after the backoff, because PostgreSQL could not be reached.
+
+    Without it the task would end in error and its chain with it, and the job would wait
+    in its state for recovery (RECOVERY_STALE_AFTER, 5 minutes by default): for every
+    stage whose connection failed in a moment of ``too many clients`` or a restart. Running
+    the stage again is safe whatever it had done: every write is fenced, an attempt left
+    RUNNING is closed as lost by the next claim, and a duplicate meets the lock. The
+    delays are those of a transient error (RETRY_BACKOFF_BASE … RETRY_BACKOFF_MAX); no
+    attempt is counted, and there is no last one: an outage that outlasts them all is
+    waited out, and recovery resumes the job too once PostgreSQL is back."""
+    settings = task.app.runtime.settings
+    delay = retry_delay(task.request.retries + 1, base=settings.retry_backoff_base,
+                        maximum=settings.retry_backoff_max, jitter=settings.retry_jitter)
+    with job_context(job_id, correlation_id):
+        log_event(log, "stage.postponed", logging.WARNING, stage=state.value,
+                  delay_s=round(delay, 3), error=repr(exc),
+                  reason="PostgreSQL unavailable: the stage runs again after the delay")
+    return task.retry(countdown=delay, time_limit=None, soft_time_limit=None, throw=False)
 
 
 class StageRequest(Request):

@@ -38,6 +38,10 @@ def task_ended(worker: Service, job_id: object, stage: str) -> bool:
                for e in worker.events())
 
 
+def postponements(worker: Service) -> list[dict]:
+    return [e for e in worker.events() if e.get("event") == "stage.postponed"]
+
+
 def test_redis_restart_mid_run(private_database, downstream, log_dir, tmp_path):
     redis_server = ThrowawayRedis(tmp_path).start()
     env = make_env(private_database, redis_server.url, downstream, **FAST)
@@ -104,11 +108,13 @@ def test_postgres_restart_mid_run(throwaway_postgres, redis_url, downstream, log
             unavailable = api.get(f"/internal/jobs/{job_id}")
             assert unavailable.status_code == 503
             assert unavailable.get_json()["error"]["code"] == "dependency_unavailable"
-            # And PARSING's answer arrives while PostgreSQL is down: its task ends meanwhile
+            # And PARSING's answer arrives while PostgreSQL is down: its result cannot be
+            # written, so the stage is postponed
             release.set()
             downstream.wait_ended(downstream.call(job_id, "PARSING", 1))
-            wait_for(lambda: task_ended(worker, job_id, "PARSING"), 60,
-                     "the PARSING task to end during the outage")
+            wait_for(lambda: worker.has_event("stage.postponed", job_id=str(job_id),
+                                              stage="PARSING"), 60,
+                     "the PARSING task to be postponed during the outage")
             assert readiness(api)[0] == 503
             throwaway_postgres.restart()
             # Then everything reconnects and the job completes with an exact history
@@ -117,10 +123,50 @@ def test_postgres_restart_mid_run(throwaway_postgres, redis_url, downstream, log
             assert job["current_state"] == "COMPLETED", job
             assert transitions(job) == HAPPY_PATH
             assert [s["status"] for s in job["stages"]].count("SUCCESS") == 4
-            # (PARSING's result could not be written: recovery ran the stage again)
+            # (PARSING's result could not be written: the stage ran again, by its postponed
+            # task or by recovery, whichever came first)
             assert [(s["attempt_number"], s["status"], s["error_message"])
                     for s in job["stages"] if s["stage_name"] == "PARSING"] == [
                 (1, "FAILED", "worker lost"), (2, "SUCCESS", None)]
-            assert worker.has_event("recovery.resume", job_id=str(job_id), stage="PARSING")
+        finally:
+            worker.stop()
+
+
+def test_a_stage_postponed_by_an_outage_goes_on_without_recovery(
+        throwaway_postgres, redis_url, downstream, log_dir):
+    # Recovery is made too slow to be what resumes the job: the postponed stage does
+    slow_recovery = {"RECOVERY_INTERVAL": 3600, "RECOVERY_STALE_AFTER": 3600}
+    with postgres_database(throwaway_postgres.url) as database_url:
+        upgrade(database_url)
+        env = make_env(database_url, redis_url, downstream, **slow_recovery)
+        api = Api(create_app(Settings.from_env(env)).test_client())
+        worker = start_worker("pg-postponed", env, log_dir)
+        try:
+            job_id = uuid.uuid4()
+            release = start_with_a_hang(api, downstream, job_id, "PARSING")
+            # When PostgreSQL crashes while PARSING is in flight
+            throwaway_postgres.crash()
+            # Then a new start is refused as unavailable, not as an internal error
+            refused = api.start(uuid.uuid4())
+            assert refused.status_code == 503, refused.get_json()
+            assert refused.get_json()["error"]["code"] == "dependency_unavailable"
+            # And PARSING, whose answer cannot be written, is postponed again and again
+            # while the outage lasts
+            release.set()
+            wait_for(lambda: len(postponements(worker)) >= 2, 60,
+                     "PARSING to be postponed twice during the outage")
+            throwaway_postgres.restart()
+            # Then the job goes on by itself, with no recovery pass, and completes exactly
+            job = api.wait_state(job_id, "COMPLETED", "FAILED", timeout=60)
+            assert job["current_state"] == "COMPLETED", job
+            assert transitions(job) == HAPPY_PATH
+            assert [(s["attempt_number"], s["status"], s["error_message"])
+                    for s in job["stages"] if s["stage_name"] == "PARSING"] == [
+                (1, "FAILED", "worker lost"), (2, "SUCCESS", None)]
+            assert not worker.has_event("recovery.resume", job_id=str(job_id))
+            postponed = postponements(worker)
+            assert {(e["job_id"], e["stage"]) for e in postponed} == {(str(job_id), "PARSING")}
+            assert all(e["level"] == "WARNING" and e["delay_s"] > 0 and e["error"]
+                       for e in postponed)
         finally:
             worker.stop()
