@@ -244,6 +244,13 @@ def test_sighup_restarts_each_process_and_the_worker_stays(deployment, downstrea
     assert transitions(api.wait_state(job, "COMPLETED", "FAILED", timeout=60)) == HAPPY_PATH
 
 
+def test_each_process_takes_what_it_made_at_start_up_out_of_the_collector(deployment):
+    _, worker = deployment
+    service = worker(processes=2, concurrency=4)
+    # (Celery, the app and the imports: a hundred thousand objects and more)
+    assert [e["gc_frozen"] > 50_000 for e in wait_ready(service, 2)] == [True, True]
+
+
 def test_each_process_counts_the_whole_worker_in_its_connection_budget(deployment):
     _, worker = deployment
     service = worker(processes=2, concurrency=4)
