@@ -12,7 +12,6 @@ settings would govern another process's stages."""
 from __future__ import annotations
 
 import gc
-
 import logging
 from typing import Any
 
