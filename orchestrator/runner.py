@@ -134,6 +134,12 @@ class StageRunner:
         except self.timeout_errors:  # interrupted while releasing: the TTL will free it
             log_event(log, "lock.release_interrupted", logging.WARNING, stage=state.value)
             return
+        except Exception as exc:
+            # Redis unreachable: what the stage did is written and stands (the job may
+            # have moved on, and its next stage must be sent); the lock expires by its TTL.
+            log_event(log, "lock.release_failed", logging.WARNING, stage=state.value,
+                      error=repr(exc), reason="the lock expires by its TTL")
+            return
         if released:
             log_event(log, "lock.released", stage=state.value)
         else:

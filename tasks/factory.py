@@ -110,7 +110,7 @@ def _connect_signals(app: Celery, settings: Settings) -> None:
         # Everything made until now (the imports, Celery, the app, its pools: ~130 k
         # objects) lives as long as the process: out of the cyclic collector's sight, a
         # full collection walks only what came later. Under a 600-job burst each process
-        # made one full collection, 80-210 ms of CPU with all its stages stopped; none
+        # made one full collection, 80-210 ms of CPU with all its stages stopped; 0-30 ms
         # since (docs/benchmarks.md, cut 22; the gc module's documented use of freeze).
         gc.freeze()
         log_event(log, "worker.ready", queue=settings.celery_queue,

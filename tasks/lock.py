@@ -36,6 +36,10 @@ def token_process(token: bytes | str | None) -> tuple[str, int] | None:
     return parts[0], int(parts[1])
 
 
+#: The errors that mean "Redis, where the locks are, is unavailable for now".
+LOCKS_UNAVAILABLE: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
+
+
 class RedisJobLock:
     def __init__(self, client: redis.Redis, name: str, ttl: float):
         self.ttl = ttl

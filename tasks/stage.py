@@ -7,8 +7,8 @@ tell Celery how the chain goes on.
     Skipped    → Ignore: a duplicate, a cancelled job or a lost lock; the chain stops
 
 and when PostgreSQL is unavailable (refused, lost, or out of connections) at any of the
-stage's statements: self.retry after the backoff, the same stage again, chain kept (see
-:func:`postpone`).
+stage's statements, or Redis when the stage takes its lock: self.retry after the backoff,
+the same stage again, chain kept (see :func:`postpone`).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from orchestrator.logs import job_context, log_event
 from orchestrator.runner import Advanced, RetryLater, StageRunner
 from orchestrator.states import State
 from tasks.chain import CANCEL_COMMAND, CeleryEnqueuer
+from tasks.lock import LOCKS_UNAVAILABLE
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def run_stage_task(task: Task, state: State, job_id: str, correlation_id: str | 
                                             task.request.id)
     except SoftTimeLimitExceeded:  # a second cancellation signal, after the runner's own
         raise Ignore() from None
-    except DATABASE_UNAVAILABLE as exc:
+    except UNAVAILABLE as exc:
         raise postpone(task, state, job_id, correlation_id, exc) from exc
     if isinstance(outcome, Advanced):
         return {"job_id": job_id, "state": outcome.to_state.value}
@@ -60,9 +61,16 @@ def run_stage_task(task: Task, state: State, job_id: str, correlation_id: str | 
     raise Ignore()
 
 
+#: What postpones a stage: PostgreSQL unavailable at any of its statements, or Redis when
+#: it takes its lock (the only time a stage lets a Redis error out: a failed release is
+#: logged and left to the lock's TTL, the heartbeat's renewals retry by themselves).
+UNAVAILABLE = DATABASE_UNAVAILABLE + LOCKS_UNAVAILABLE
+
+
 def postpone(task: Task, state: State, job_id: str, correlation_id: str | None,
              exc: Exception) -> Exception:
-    """The stage again after the backoff, because PostgreSQL could not be reached.
+    """The stage again after the backoff, because PostgreSQL or the locks' Redis could not
+    be reached.
 
     Without it the task would end in error and its chain with it, and the job would wait
     in its state for recovery (RECOVERY_STALE_AFTER, 5 minutes by default): for every
@@ -75,11 +83,15 @@ def postpone(task: Task, state: State, job_id: str, correlation_id: str | None,
     settings = task.app.runtime.settings
     delay = retry_delay(task.request.retries + 1, base=settings.retry_backoff_base,
                         maximum=settings.retry_backoff_max, jitter=settings.retry_jitter)
+    # (when the broker cannot take the retry either, Celery raises Reject here: the
+    # message is dropped as it was before, and recovery resumes the job)
+    retry = task.retry(countdown=delay, time_limit=None, soft_time_limit=None, throw=False)
+    what = "Redis" if isinstance(exc, LOCKS_UNAVAILABLE) else "PostgreSQL"
     with job_context(job_id, correlation_id):
         log_event(log, "stage.postponed", logging.WARNING, stage=state.value,
                   delay_s=round(delay, 3), error=repr(exc),
-                  reason="PostgreSQL unavailable: the stage runs again after the delay")
-    return task.retry(countdown=delay, time_limit=None, soft_time_limit=None, throw=False)
+                  reason=f"{what} unavailable: the stage runs again after the delay")
+    return retry
 
 
 class StageRequest(Request):

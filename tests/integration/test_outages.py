@@ -29,15 +29,6 @@ def readiness(api: Api) -> tuple[int, dict]:
     return response.status_code, response.get_json()
 
 
-def task_ended(worker: Service, job_id: object, stage: str) -> bool:
-    """Celery's own line about the end of the stage's task. Here it raised (its service's
-    answer could not be written, or its lock not released), which Celery logs as an
-    error at every LOG_LEVEL; its success line shows only at DEBUG."""
-    prefix = f"Task orchestrator.stage.{stage.lower()}["
-    return any(e.get("job_id") == str(job_id) and str(e.get("message", "")).startswith(prefix)
-               for e in worker.events())
-
-
 def postponements(worker: Service) -> list[dict]:
     return [e for e in worker.events() if e.get("event") == "stage.postponed"]
 
@@ -55,10 +46,12 @@ def test_redis_restart_mid_run(private_database, downstream, log_dir, tmp_path):
         status, body = readiness(api)
         assert status == 503 and body["checks"]["redis"].startswith("error")
         assert body["checks"]["postgresql"] == "ok"
-        # And PARSING's answer arrives while Redis is down: its task ends meanwhile
+        # And PARSING's answer arrives while Redis is down: its result is written, its
+        # lock cannot be released (left to expire), and its next message cannot be sent
         release.set()
         downstream.wait_ended(downstream.call(job_id, "PARSING", 1))
-        wait_for(lambda: task_ended(worker, job_id, "PARSING"), 60,
+        wait_for(lambda: worker.has_event("lock.release_failed", job_id=str(job_id),
+                                          stage="PARSING"), 60,
                  "the PARSING task to end during the outage")
         assert readiness(api)[0] == 503
         redis_server.start()

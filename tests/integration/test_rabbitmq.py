@@ -25,6 +25,7 @@ from orchestrator.settings import Settings
 from tests.conftest import make_env
 from tests.integration.conftest import HAPPY_PATH, Api, start_with_a_hang, transitions
 from tests.support.processes import start_worker, wait_for
+from tests.support.services import ThrowawayRedis
 
 pytestmark = pytest.mark.integration
 
@@ -159,3 +160,39 @@ def test_sigkill_mid_stage_over_rabbitmq_then_the_job_finishes_once(rabbit, down
     finally:
         first.stop()
         second.stop()
+
+
+def test_the_locks_redis_gone_mid_stage_the_job_goes_on_by_itself_over_rabbitmq(
+        amqp_url, private_database, downstream, log_dir, tmp_path):
+    # Given a deployment on RabbitMQ whose locks live in a Redis of the test's own, with
+    # recovery too slow to be what resumes a job
+    locks = ThrowawayRedis(tmp_path).start()
+    env = make_env(private_database, locks.url, downstream, CELERY_BROKER_URL=amqp_url,
+                   RECOVERY_INTERVAL=3600, RECOVERY_STALE_AFTER=3600)
+    api = Api(create_app(Settings.from_env(env)).test_client())
+    worker = start_worker("rabbit-locks-gone", env, log_dir)
+    try:
+        job_id = uuid.uuid4()
+        release = start_with_a_hang(api, downstream, job_id, "PARSING")
+        # When that Redis dies while PARSING is in flight (every lock lost with it), and
+        # PARSING's answer arrives meanwhile
+        locks.kill()
+        release.set()
+        # Then PARSING's result stands, its lock left to expire, and ENRICHING, which
+        # cannot take its lock, is postponed while Redis is away
+        wait_for(lambda: worker.has_event("lock.release_failed", job_id=str(job_id),
+                                          stage="PARSING"), 60, "PARSING's failed release")
+        wait_for(lambda: worker.has_event("stage.postponed", job_id=str(job_id),
+                                          stage="ENRICHING"), 60, "ENRICHING postponed")
+        assert api.job(job_id)["current_state"] == "ENRICHING"
+        locks.start()
+        # Then, Redis back, the job completes by itself, each stage called once
+        job = api.wait_state(job_id, "COMPLETED", "FAILED", timeout=60)
+        assert job["current_state"] == "COMPLETED", job
+        assert transitions(job) == HAPPY_PATH
+        assert [len(downstream.calls_for(job_id, s)) for s in STAGES] == [1, 1, 1, 1]
+        assert not worker.has_event("recovery.resume", job_id=str(job_id))
+    finally:
+        worker.stop()
+        locks.kill()
+        delete_queues(amqp_url, env["CELERY_QUEUE"])

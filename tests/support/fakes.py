@@ -538,6 +538,8 @@ class FakeLocks:
         self.extended = 0
         self.extend_refused = threading.Event()
         self.on_acquire: Callable[[UUID], None] | None = None
+        #: Raised by every release while set (the lock's store unreachable).
+        self.release_error: Exception | None = None
         self._tokens = itertools.count(1)
         self._mutex = threading.Lock()
 
@@ -589,6 +591,8 @@ class FakeLock:
         return False
 
     def release(self) -> bool:
+        if self.locks.release_error is not None:
+            raise self.locks.release_error
         with self.locks._mutex:
             if self.locks.owners.get(self.job_id) != self.token:
                 return False

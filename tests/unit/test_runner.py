@@ -496,6 +496,24 @@ def test_an_unexpected_error_escapes_and_the_lock_is_released() -> None:
     assert not w.locks.is_locked(job_id)
 
 
+def test_a_release_that_fails_leaves_what_the_stage_did_standing() -> None:
+    # Given a lock whose store becomes unreachable while the stage runs
+    w = world(Reply.ok({"plan_reference": "plans/7"}))
+    job_id = w.uow.add_job(State.PLANNING)
+    w.locks.release_error = ConnectionError("Redis is gone")
+
+    with CapturedLogs() as logs:
+        outcome = w.run(job_id, State.PLANNING)
+
+    # Then the job has moved on and the outcome says so (its next stage is sent), the
+    # lock left to its TTL, and the log says why
+    assert outcome == Advanced(State.PARSING)
+    assert w.uow.job(job_id).current_state is State.PARSING
+    assert w.locks.is_locked(job_id)
+    [failed] = logs.events("lock.release_failed")
+    assert failed["level"] == "WARNING" and "Redis is gone" in failed["error"]
+
+
 def killed(w: World, job_id: UUID, state: State = State.PLANNING) -> None:
     """The process running ``state`` for task-9 was killed by the hard time limit: its
     attempt is still RUNNING and its lock still held by the dead holder."""
