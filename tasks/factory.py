@@ -17,7 +17,7 @@ from typing import Any
 
 from celery import Celery, signals
 
-from orchestrator.logs import bind_job, configure_logging, log_event, unbind_job
+from orchestrator.logs import bind_job, configure_logging, job_context, log_event, unbind_job
 from orchestrator.settings import Settings
 from tasks.chain import configure_routing, task_name
 from tasks.metrics import Flusher, MetricsStep, start_process_flusher
@@ -130,6 +130,18 @@ def _connect_signals(app: Celery, settings: Settings) -> None:
         if tokens is not None:
             unbind_job(tokens)
 
+    def internal_error(sender: Any = None, args: Any = (), exception: Any = None,
+                       **_: Any) -> None:
+        # An error in Celery after a stage's body returned, its job already unbound: the
+        # chain's next message not sent (the broker unreachable), say. Celery's own line
+        # about it carries no job; this one does, and says what comes next.
+        if isinstance(sender, StageTask) and args:
+            with job_context(args[0], args[1] if len(args) > 1 else None):
+                log_event(log, "stage.internal_error", logging.ERROR,
+                          stage=sender.stage_state.value, error=repr(exception),
+                          reason="Celery failed after the stage ran (e.g. sending its next "
+                                 "stage): recovery resumes the job")
+
     uid = f"orchestrator-{id(app)}"
     signals.task_prerun.connect(prerun, weak=False, dispatch_uid=f"{uid}-prerun")
     signals.task_postrun.connect(postrun, weak=False, dispatch_uid=f"{uid}-postrun")
@@ -138,3 +150,5 @@ def _connect_signals(app: Celery, settings: Settings) -> None:
     signals.worker_process_shutdown.connect(process_shutdown, weak=False,
                                             dispatch_uid=f"{uid}-exit")
     signals.worker_ready.connect(ready, weak=False, dispatch_uid=f"{uid}-ready")
+    signals.task_internal_error.connect(internal_error, weak=False,
+                                        dispatch_uid=f"{uid}-internal-error")

@@ -53,6 +53,10 @@ def test_redis_restart_mid_run(private_database, downstream, log_dir, tmp_path):
         wait_for(lambda: worker.has_event("lock.release_failed", job_id=str(job_id),
                                           stage="PARSING"), 60,
                  "the PARSING task to end during the outage")
+        # And the log line about the lost next message names the job
+        wait_for(lambda: worker.has_event("stage.internal_error", job_id=str(job_id),
+                                          stage="PARSING", level="ERROR"), 60,
+                 "the failed hand-over to ENRICHING, with its job")
         assert readiness(api)[0] == 503
         redis_server.start()
         # Then the API is ready again, and the job completes with an exact history
