@@ -59,6 +59,9 @@ LOCK_LOSSES = MetricDef("orchestrator_lock_losses_total",
 FENCED = MetricDef("orchestrator_fenced_writes_total",
                    "Stage writes refused because the job changed state or owner (fencing)",
                    ("stage",), "counter")
+POSTPONEMENTS = MetricDef("orchestrator_stage_postponements_total",
+                          "Stages postponed because PostgreSQL or the locks' Redis was "
+                          "unavailable (run again after the backoff)", ("stage",), "counter")
 RECOVERIES = MetricDef("orchestrator_recovery_resumes_total",
                        "Stalled jobs resumed by the workers' recovery passes", (), "counter")
 DOWNSTREAM = MetricDef("orchestrator_downstream_responses_total",
@@ -69,7 +72,8 @@ IN_FLIGHT = MetricDef("orchestrator_stages_in_flight",
                       ("stage",), "gauge")
 
 DEFINITIONS: tuple[MetricDef, ...] = (ATTEMPT_SECONDS, RETRIES, TIMEOUTS, FAILURES,
-                                      LOCK_LOSSES, FENCED, RECOVERIES, DOWNSTREAM, IN_FLIGHT)
+                                      LOCK_LOSSES, FENCED, POSTPONEMENTS, RECOVERIES,
+                                      DOWNSTREAM, IN_FLIGHT)
 
 #: A pending delta's key: (series name, label values), e.g.
 #: ("orchestrator_stage_attempt_seconds_bucket", ("PLANNING", "success", "0.5")).
@@ -143,6 +147,9 @@ class Recorder:
 
     def fenced(self, stage: str) -> None:
         self._add((FENCED.name, (stage,)))
+
+    def postponed(self, stage: str) -> None:
+        self._add((POSTPONEMENTS.name, (stage,)))
 
     def recovered(self, jobs: int) -> None:
         if jobs:

@@ -87,6 +87,7 @@ def postpone(task: Task, state: State, job_id: str, correlation_id: str | None,
     # message is dropped as it was before, and recovery resumes the job)
     retry = task.retry(countdown=delay, time_limit=None, soft_time_limit=None, throw=False)
     what = "Redis" if isinstance(exc, LOCKS_UNAVAILABLE) else "PostgreSQL"
+    task.app.runtime.metrics.postponed(state.value)
     with job_context(job_id, correlation_id):
         log_event(log, "stage.postponed", logging.WARNING, stage=state.value,
                   delay_s=round(delay, 3), error=repr(exc),

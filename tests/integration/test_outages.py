@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from api.app import create_app
 from db.migrate import upgrade
@@ -31,6 +32,14 @@ def readiness(api: Api) -> tuple[int, dict]:
 
 def postponements(worker: Service) -> list[dict]:
     return [e for e in worker.events() if e.get("event") == "stage.postponed"]
+
+
+def postponements_counted(api: Api, stage: str) -> float:
+    text = api.client.get("/metrics").get_data(as_text=True)
+    return sum(sample.value for family in text_string_to_metric_families(text)
+               for sample in family.samples
+               if sample.name == "orchestrator_stage_postponements_total"
+               and sample.labels == {"stage": stage})
 
 
 def test_redis_restart_mid_run(private_database, downstream, log_dir, tmp_path):
@@ -132,7 +141,8 @@ def test_postgres_restart_mid_run(throwaway_postgres, redis_url, downstream, log
 def test_a_stage_postponed_by_an_outage_goes_on_without_recovery(
         throwaway_postgres, redis_url, downstream, log_dir):
     # Recovery is made too slow to be what resumes the job: the postponed stage does
-    slow_recovery = {"RECOVERY_INTERVAL": 3600, "RECOVERY_STALE_AFTER": 3600}
+    slow_recovery = {"RECOVERY_INTERVAL": 3600, "RECOVERY_STALE_AFTER": 3600,
+                     "METRICS_FLUSH_INTERVAL": 0.2}
     with postgres_database(throwaway_postgres.url) as database_url:
         upgrade(database_url)
         env = make_env(database_url, redis_url, downstream, **slow_recovery)
@@ -165,5 +175,8 @@ def test_a_stage_postponed_by_an_outage_goes_on_without_recovery(
             assert {(e["job_id"], e["stage"]) for e in postponed} == {(str(job_id), "PARSING")}
             assert all(e["level"] == "WARNING" and e["delay_s"] > 0 and e["error"]
                        for e in postponed)
+            # And /metrics counts them as logged
+            wait_for(lambda: postponements_counted(api, "PARSING") == len(postponed), 30,
+                     "the postponements in /metrics")
         finally:
             worker.stop()
