@@ -98,8 +98,14 @@ def transitions(job: dict[str, Any]) -> list[tuple[str, str]]:
     return [(t["from_state"], t["to_state"]) for t in job["transitions"]]
 
 
+def stage_rows(job: dict[str, Any], stage: str) -> list[tuple[int, str, str | None]]:
+    """(attempt number, status, error message) of each of the job's attempts of ``stage``."""
+    return [(s["attempt_number"], s["status"], s["error_message"])
+            for s in job["stages"] if s["stage_name"] == stage]
+
+
 #: The last line of a stage run, logged by its own process after everything else it did.
-RUN_ENDS = ("lock.released", "lock.release_interrupted", "lock.lost")
+RUN_ENDS = ("lock.released", "lock.release_interrupted", "lock.release_failed", "lock.lost")
 #: What a run that wrote something logs.
 WRITES = ("stage.succeeded", "stage.retry_scheduled", "stage.gave_up")
 

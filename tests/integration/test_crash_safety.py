@@ -27,6 +27,7 @@ from tests.integration.conftest import (
     HAPPY_PATH,
     Api,
     attempt_run,
+    stage_rows,
     start_with_a_hang,
     transitions,
     wrote_nothing,
@@ -59,11 +60,6 @@ def pair(private_database, redis_url, downstream, log_dir):
 def running_worker(workers, job_id, stage):
     return wait_for(lambda: next((w for w in workers if w.has_event(
         "stage.started", job_id=str(job_id), stage=stage)), None), 30, f"{stage} to start")
-
-
-def stage_rows(job, stage):
-    return [(s["attempt_number"], s["status"], s["error_message"])
-            for s in job["stages"] if s["stage_name"] == stage]
 
 
 def assert_owned_by_the_second_attempt(api, downstream, job_id) -> None:

@@ -4,10 +4,13 @@ not ready meanwhile, and jobs in flight end terminal with nothing lost or double
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -16,7 +19,13 @@ from api.app import create_app
 from db.migrate import upgrade
 from orchestrator.settings import Settings
 from tests.conftest import make_env
-from tests.integration.conftest import HAPPY_PATH, Api, start_with_a_hang, transitions
+from tests.integration.conftest import (
+    HAPPY_PATH,
+    Api,
+    stage_rows,
+    start_with_a_hang,
+    transitions,
+)
 from tests.support.processes import Service, start_worker, wait_for
 from tests.support.services import ThrowawayPostgres, ThrowawayRedis, postgres_database
 
@@ -98,44 +107,51 @@ def throwaway_postgres():
     shutil.rmtree(directory, ignore_errors=True)
 
 
-def test_postgres_restart_mid_run(throwaway_postgres, redis_url, downstream, log_dir):
-    with postgres_database(throwaway_postgres.url) as database_url:
+@contextlib.contextmanager
+def on_throwaway_postgres(server: ThrowawayPostgres, redis_url: str, downstream, log_dir,
+                          name: str, **overrides: Any) -> Iterator[tuple[Api, Service]]:
+    """The API and a worker of a deployment whose database is on ``server``."""
+    with postgres_database(server.url) as database_url:
         upgrade(database_url)
-        env = make_env(database_url, redis_url, downstream, **FAST)
-        api = Api(create_app(Settings.from_env(env)).test_client())
-        worker = start_worker("pg-outage", env, log_dir)
+        env = make_env(database_url, redis_url, downstream, **overrides)
+        worker = start_worker(name, env, log_dir)
         try:
-            job_id = uuid.uuid4()
-            release = start_with_a_hang(api, downstream, job_id, "PARSING")
-            # When PostgreSQL crashes while PARSING is in flight, and its answer arrives
-            throwaway_postgres.crash()
-            status, body = readiness(api)
-            assert status == 503 and body["checks"]["postgresql"].startswith("error")
-            unavailable = api.get(f"/internal/jobs/{job_id}")
-            assert unavailable.status_code == 503
-            assert unavailable.get_json()["error"]["code"] == "dependency_unavailable"
-            # And PARSING's answer arrives while PostgreSQL is down: its result cannot be
-            # written, so the stage is postponed
-            release.set()
-            downstream.wait_ended(downstream.call(job_id, "PARSING", 1))
-            wait_for(lambda: worker.has_event("stage.postponed", job_id=str(job_id),
-                                              stage="PARSING"), 60,
-                     "the PARSING task to be postponed during the outage")
-            assert readiness(api)[0] == 503
-            throwaway_postgres.restart()
-            # Then everything reconnects and the job completes with an exact history
-            wait_for(lambda: readiness(api)[0] == 200, 60, "the API to be ready again")
-            job = api.wait_state(job_id, "COMPLETED", "FAILED", timeout=60)
-            assert job["current_state"] == "COMPLETED", job
-            assert transitions(job) == HAPPY_PATH
-            assert [s["status"] for s in job["stages"]].count("SUCCESS") == 4
-            # (PARSING's result could not be written: the stage ran again, by its postponed
-            # task or by recovery, whichever came first)
-            assert [(s["attempt_number"], s["status"], s["error_message"])
-                    for s in job["stages"] if s["stage_name"] == "PARSING"] == [
-                (1, "FAILED", "worker lost"), (2, "SUCCESS", None)]
+            yield Api(create_app(Settings.from_env(env)).test_client()), worker
         finally:
             worker.stop()
+
+
+def test_postgres_restart_mid_run(throwaway_postgres, redis_url, downstream, log_dir):
+    with on_throwaway_postgres(throwaway_postgres, redis_url, downstream, log_dir,
+                               "pg-outage", **FAST) as (api, worker):
+        job_id = uuid.uuid4()
+        release = start_with_a_hang(api, downstream, job_id, "PARSING")
+        # When PostgreSQL crashes while PARSING is in flight, and its answer arrives
+        throwaway_postgres.crash()
+        status, body = readiness(api)
+        assert status == 503 and body["checks"]["postgresql"].startswith("error")
+        unavailable = api.get(f"/internal/jobs/{job_id}")
+        assert unavailable.status_code == 503
+        assert unavailable.get_json()["error"]["code"] == "dependency_unavailable"
+        # And PARSING's answer arrives while PostgreSQL is down: its result cannot be
+        # written, so the stage is postponed
+        release.set()
+        downstream.wait_ended(downstream.call(job_id, "PARSING", 1))
+        wait_for(lambda: worker.has_event("stage.postponed", job_id=str(job_id),
+                                          stage="PARSING"), 60,
+                 "the PARSING task to be postponed during the outage")
+        assert readiness(api)[0] == 503
+        throwaway_postgres.restart()
+        # Then everything reconnects and the job completes with an exact history
+        wait_for(lambda: readiness(api)[0] == 200, 60, "the API to be ready again")
+        job = api.wait_state(job_id, "COMPLETED", "FAILED", timeout=60)
+        assert job["current_state"] == "COMPLETED", job
+        assert transitions(job) == HAPPY_PATH
+        assert [s["status"] for s in job["stages"]].count("SUCCESS") == 4
+        # (PARSING's result could not be written: the stage ran again, by its postponed
+        # task or by recovery, whichever came first)
+        assert stage_rows(job, "PARSING") == [(1, "FAILED", "worker lost"),
+                                              (2, "SUCCESS", None)]
 
 
 def test_a_stage_postponed_by_an_outage_goes_on_without_recovery(
@@ -143,40 +159,34 @@ def test_a_stage_postponed_by_an_outage_goes_on_without_recovery(
     # Recovery is made too slow to be what resumes the job: the postponed stage does
     slow_recovery = {"RECOVERY_INTERVAL": 3600, "RECOVERY_STALE_AFTER": 3600,
                      "METRICS_FLUSH_INTERVAL": 0.2}
-    with postgres_database(throwaway_postgres.url) as database_url:
-        upgrade(database_url)
-        env = make_env(database_url, redis_url, downstream, **slow_recovery)
-        api = Api(create_app(Settings.from_env(env)).test_client())
-        worker = start_worker("pg-postponed", env, log_dir)
-        try:
-            job_id = uuid.uuid4()
-            release = start_with_a_hang(api, downstream, job_id, "PARSING")
-            # When PostgreSQL crashes while PARSING is in flight
-            throwaway_postgres.crash()
-            # Then a new start is refused as unavailable, not as an internal error
-            refused = api.start(uuid.uuid4())
-            assert refused.status_code == 503, refused.get_json()
-            assert refused.get_json()["error"]["code"] == "dependency_unavailable"
-            # And PARSING, whose answer cannot be written, is postponed again and again
-            # while the outage lasts
-            release.set()
-            wait_for(lambda: len(postponements(worker)) >= 2, 60,
-                     "PARSING to be postponed twice during the outage")
-            throwaway_postgres.restart()
-            # Then the job goes on by itself, with no recovery pass, and completes exactly
-            job = api.wait_state(job_id, "COMPLETED", "FAILED", timeout=60)
-            assert job["current_state"] == "COMPLETED", job
-            assert transitions(job) == HAPPY_PATH
-            assert [(s["attempt_number"], s["status"], s["error_message"])
-                    for s in job["stages"] if s["stage_name"] == "PARSING"] == [
-                (1, "FAILED", "worker lost"), (2, "SUCCESS", None)]
-            assert not worker.has_event("recovery.resume", job_id=str(job_id))
-            postponed = postponements(worker)
-            assert {(e["job_id"], e["stage"]) for e in postponed} == {(str(job_id), "PARSING")}
-            assert all(e["level"] == "WARNING" and e["delay_s"] > 0 and e["error"]
-                       for e in postponed)
-            # And /metrics counts them as logged
-            wait_for(lambda: postponements_counted(api, "PARSING") == len(postponed), 30,
-                     "the postponements in /metrics")
-        finally:
-            worker.stop()
+    with on_throwaway_postgres(throwaway_postgres, redis_url, downstream, log_dir,
+                               "pg-postponed", **slow_recovery) as (api, worker):
+        job_id = uuid.uuid4()
+        release = start_with_a_hang(api, downstream, job_id, "PARSING")
+        # When PostgreSQL crashes while PARSING is in flight
+        throwaway_postgres.crash()
+        # Then a new start is refused as unavailable, not as an internal error
+        refused = api.start(uuid.uuid4())
+        assert refused.status_code == 503, refused.get_json()
+        assert refused.get_json()["error"]["code"] == "dependency_unavailable"
+        # And PARSING, whose answer cannot be written, is postponed again and again
+        # while the outage lasts
+        release.set()
+        wait_for(lambda: len(postponements(worker)) >= 2, 60,
+                 "PARSING to be postponed twice during the outage")
+        throwaway_postgres.restart()
+        # Then the job goes on by itself, with no recovery pass, and completes exactly
+        job = api.wait_state(job_id, "COMPLETED", "FAILED", timeout=60)
+        assert job["current_state"] == "COMPLETED", job
+        assert transitions(job) == HAPPY_PATH
+        assert stage_rows(job, "PARSING") == [(1, "FAILED", "worker lost"),
+                                              (2, "SUCCESS", None)]
+        assert not worker.has_event("recovery.resume", job_id=str(job_id))
+        assert job["retry_count"] == 0  # a postponement is not a retry of the service's
+        postponed = postponements(worker)
+        assert {(e["job_id"], e["stage"]) for e in postponed} == {(str(job_id), "PARSING")}
+        assert all(e["level"] == "WARNING" and e["delay_s"] > 0 and e["error"]
+                   for e in postponed)
+        # And /metrics counts them as logged
+        wait_for(lambda: postponements_counted(api, "PARSING") == len(postponed), 30,
+                 "the postponements in /metrics")

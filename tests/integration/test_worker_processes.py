@@ -17,7 +17,13 @@ from api.app import create_app
 from cli.workers import RESTART_AFTER
 from orchestrator.settings import Settings
 from tests.conftest import make_env
-from tests.integration.conftest import HAPPY_PATH, Api, start_with_a_hang, transitions
+from tests.integration.conftest import (
+    HAPPY_PATH,
+    Api,
+    stage_rows,
+    start_with_a_hang,
+    transitions,
+)
 from tests.support.processes import Service, start_worker, wait_for
 
 pytestmark = pytest.mark.integration
@@ -61,11 +67,6 @@ def started_by(worker: Service, job_id: object, stage: str) -> int:
                                   and e.get("job_id") == str(job_id)
                                   and e.get("stage") == stage), None),
                     30, f"{stage} of {job_id} to start")
-
-
-def stage_rows(job, stage):
-    return [(s["attempt_number"], s["status"], s["error_message"])
-            for s in job["stages"] if s["stage_name"] == stage]
 
 
 def alive(pid: int) -> bool:
